@@ -1,0 +1,93 @@
+"""Stage 2: calibrate the judge on the golden calibration split, and measure it on the held-out test split.
+
+For the offline judge, agreement on the calibration split is cross-validated by query (fit on k−1 folds,
+grade the held-out fold), so the gate sees out-of-sample figures; the judge then used for labelling is fitted
+on the whole calibration split. A BM25-only judge fitted the same way is the baseline the judge must beat.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from flywheel import context
+from flywheel.calibration import agreement, bootstrap_ci, calibration_gate
+from flywheel.config import FlywheelConfig
+from flywheel.features import FeatureExtractor
+from flywheel.golden import human_agreement, load_golden
+from flywheel.judge import OfflineJudge
+from flywheel.policy import load_policy
+from flywheel.settings import Paths
+
+
+def _folds(query_ids: pd.Series, k: int) -> np.ndarray:
+    uniq = np.array(sorted(query_ids.unique()))
+    fold_of = {q: i % k for i, q in enumerate(uniq)}
+    return query_ids.map(fold_of).to_numpy()
+
+
+def _cv_grades(policy, ext, pairs, feats, y, k) -> np.ndarray:
+    folds = _folds(pairs.query_id, k)
+    out = np.zeros(len(pairs), dtype=int)
+    for f in range(k):
+        tr, te = folds != f, folds == f
+        j = OfflineJudge(policy, ext).fit(pairs[tr], y[tr], feats[tr])
+        out[te] = j.judge(pairs[te], feats[te]).grade.to_numpy()
+    return out
+
+
+def _with_ci(judge_grades, human_mean) -> dict:
+    m = agreement(judge_grades, human_mean)
+    m["qwk_ci95"] = bootstrap_ci(judge_grades, human_mean, "qwk")
+    m["spearman_ci95"] = bootstrap_ci(judge_grades, human_mean, "spearman")
+    return m
+
+
+def calibrate(cfg: FlywheelConfig, paths: Paths, progress=None) -> dict:
+    policy = load_policy(cfg.resolve(cfg.policy))
+    golden = load_golden(cfg.resolve(cfg.golden))
+    calib, test = golden.pairs("calibration"), golden.pairs("test")
+    ceiling = {s: human_agreement(golden.labels[golden.labels.split == s]) for s in ("calibration", "test")}
+    if cfg.judge.backend == "openai":
+        from flywheel.judge import OpenAIJudge
+        judge = OpenAIJudge(policy, cfg.judge.openai_model, cfg.judge.openai_base_url)
+        cj = judge.judge(calib)
+        ok = cj.parse_status == "ok"
+        metrics = _with_ci(cj.grade[ok].astype(int).to_numpy(), calib.aggregated_grade[ok].to_numpy())
+        metrics["unparsed_rate"] = float(1 - ok.mean())
+        gate = calibration_gate(metrics, cfg.judge.min_qwk)
+        return {"judge_version": judge.version, "backend": "openai", "model": judge.model,
+                "policy_version": policy.version, "calibration": metrics, "human_ceiling": ceiling,
+                "gate": {"passed": gate.passed, "reason": gate.reason}, "threshold": cfg.judge.min_qwk}
+
+    ext = context.extractor(cfg, paths, progress)
+    both = pd.concat([calib, test], ignore_index=True)
+    feats_all = ext.transform(both)
+    fc, ft = feats_all.iloc[:len(calib)].reset_index(drop=True), feats_all.iloc[len(calib):].reset_index(drop=True)
+    yc = calib.aggregated_grade.to_numpy(dtype=float)
+    cv = _cv_grades(policy, ext, calib, fc, yc, cfg.judge.cv_folds)
+    metrics = _with_ci(cv, yc)
+    metrics["unparsed_rate"] = 0.0
+    judge = OfflineJudge(policy, ext).fit(calib, yc, fc)
+    context.save_judge(judge, paths)
+    test_grades = judge.judge(test, ft)
+    test_metrics = _with_ci(test_grades.grade.to_numpy(), test.aggregated_grade.to_numpy())
+    # Baseline: BM25 alone, with cut-points fitted on the same calibration split.
+    bm25_ext = FeatureExtractor(ext.retriever, ("bm25",))
+    bm25_judge = OfflineJudge(policy, bm25_ext).fit(calib, yc, fc[["bm25"]])
+    bm25_test = bm25_judge.judge(test, ft[["bm25"]]).grade.to_numpy()
+    baseline = _with_ci(bm25_test, test.aggregated_grade.to_numpy())
+    gate = calibration_gate(metrics, cfg.judge.min_qwk)
+    disagreements = test.assign(judge_grade=test_grades.grade.to_numpy(), rationale=test_grades.rationale.to_numpy())
+    disagreements["gap"] = (disagreements.judge_grade - disagreements.aggregated_grade).abs()
+    worst = disagreements.sort_values("gap", ascending=False).head(15)[
+        ["query", "title", "aggregated_grade", "judge_grade", "rationale"]]
+    return {
+        "judge_version": judge.version, "backend": "offline", "model": judge.model,
+        "policy_version": policy.version, "features": list(ext.features),
+        "weights": dict(zip(ext.features, judge.weights.round(4).tolist())), "cuts": judge.cuts.round(4).tolist(),
+        "calibration": metrics, "test": test_metrics, "bm25_baseline_test": baseline, "human_ceiling": ceiling,
+        "gate": {"passed": gate.passed, "reason": gate.reason}, "threshold": cfg.judge.min_qwk,
+        "worst_disagreements": worst.to_dict("records"),
+        "golden_hash": golden.content_hash,
+    }

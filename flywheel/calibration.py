@@ -1,0 +1,96 @@
+"""Agreement between a judge and the human golden labels, and the gate that blocks bulk labelling.
+
+Metrics come from scikit-learn and scipy; ``fit_cutpoints`` maps a continuous score onto the policy's grade
+scale by maximising quadratic-weighted kappa on calibration data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.stats import spearmanr
+from sklearn.metrics import cohen_kappa_score, confusion_matrix
+
+
+def agreement(judge: np.ndarray, human_mean: np.ndarray, n_grades: int = 4) -> dict:
+    """Judge grades vs the human aggregated grade (rounded for the categorical figures).
+
+    qwk: quadratic-weighted Cohen's kappa; spearman: rank correlation with the unrounded human mean;
+    exact / within_one: share of pairs whose grade equals / is within one of the rounded human grade.
+    """
+    judge = np.asarray(judge, dtype=int)
+    human = np.clip(np.round(np.asarray(human_mean, dtype=float)), 0, n_grades - 1).astype(int)
+    labels = list(range(n_grades))
+    rho = spearmanr(judge, human_mean).statistic if len(set(judge)) > 1 else 0.0
+    return {
+        "qwk": float(cohen_kappa_score(human, judge, weights="quadratic", labels=labels)),
+        "spearman": float(np.nan_to_num(rho)),
+        "exact": float((judge == human).mean()),
+        "within_one": float((np.abs(judge - human) <= 1).mean()),
+        "n": int(len(judge)),
+        "confusion": confusion_matrix(human, judge, labels=labels).tolist(),  # rows: human, cols: judge
+    }
+
+
+def apply_cutpoints(score: np.ndarray, cuts: np.ndarray) -> np.ndarray:
+    """grade = number of cut-points the score reaches (cuts ascending, len = n_grades − 1)."""
+    return np.searchsorted(np.asarray(cuts), np.asarray(score), side="right").astype(int)
+
+
+def fit_cutpoints(score: np.ndarray, human_mean: np.ndarray, n_grades: int = 4, rounds: int = 3) -> np.ndarray:
+    """Cut-points maximising QWK: start from quantiles matching the human grade distribution, then coordinate
+    search over the observed scores. Deterministic."""
+    score = np.asarray(score, dtype=float)
+    human = np.clip(np.round(human_mean), 0, n_grades - 1).astype(int)
+    share = np.cumsum(np.bincount(human, minlength=n_grades))[:-1] / len(human)
+    cuts = np.quantile(score, share)
+    grid = np.unique(np.quantile(score, np.linspace(0, 1, 101)))
+
+    def qwk(c):
+        return cohen_kappa_score(human, apply_cutpoints(score, c), weights="quadratic", labels=list(range(n_grades)))
+
+    best = qwk(cuts)
+    for _ in range(rounds):
+        for k in range(n_grades - 1):
+            lo = cuts[k - 1] if k else -np.inf
+            hi = cuts[k + 1] if k < n_grades - 2 else np.inf
+            for v in grid[(grid > lo) & (grid < hi)]:
+                trial = cuts.copy(); trial[k] = v
+                s = qwk(trial)
+                if s > best + 1e-12:
+                    best, cuts = s, trial
+    return np.sort(cuts)
+
+
+def bootstrap_ci(judge: np.ndarray, human_mean: np.ndarray, metric: str = "qwk", n: int = 500,
+                 seed: int = 0) -> tuple[float, float]:
+    """95% percentile interval of a metric over pairs resampled with replacement."""
+    rng = np.random.default_rng(seed)
+    judge, human_mean = np.asarray(judge), np.asarray(human_mean)
+    vals = []
+    for _ in range(n):
+        i = rng.integers(0, len(judge), len(judge))
+        vals.append(agreement(judge[i], human_mean[i])[metric])
+    lo, hi = np.percentile(vals, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    passed: bool
+    reason: str
+
+
+def calibration_gate(metrics: dict, min_qwk: float, max_unparsed_rate: float = 0.05) -> GateDecision:
+    """Pure decision: may this judge version label in bulk?"""
+    qwk = metrics.get("qwk")
+    if qwk is None or not np.isfinite(qwk):
+        return GateDecision(False, "no agreement figure: calibration did not produce a kappa")
+    unparsed = metrics.get("unparsed_rate", 0.0)
+    if unparsed > max_unparsed_rate:
+        return GateDecision(False, f"{unparsed:.1%} of calibration replies did not parse (limit {max_unparsed_rate:.0%})")
+    if qwk < min_qwk:
+        return GateDecision(False, f"judge agrees with humans at QWK {qwk:.3f}, below the threshold {min_qwk:.3f}: "
+                                   f"bulk labelling is blocked until the judge or policy is improved")
+    return GateDecision(True, f"QWK {qwk:.3f} ≥ threshold {min_qwk:.3f}")

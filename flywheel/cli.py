@@ -1,0 +1,111 @@
+"""The ``flywheel`` command line. Run ``flywheel --help``; every command works from the repository root."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from flywheel.settings import REPO_ROOT, configure_environment
+
+app = typer.Typer(help="LLM relevance data flywheel: policy -> calibrated judge -> daily labels -> distilled "
+                       "rankers -> scoring service. State lives under $FLYWHEEL_HOME (default .flywheel/).",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+import_app = typer.Typer(help="Bring your own data into the lake.", no_args_is_help=True)
+policy_app = typer.Typer(help="Grading policies: check before they go live.", no_args_is_help=True)
+golden_app = typer.Typer(help="The bundled golden set.", no_args_is_help=True)
+app.add_typer(import_app, name="import")
+app.add_typer(policy_app, name="policy")
+app.add_typer(golden_app, name="golden")
+
+
+@app.command()
+def run(config: str = typer.Option("configs/demo.yaml", help="flywheel config (see configs/)"),
+        date: Optional[str] = typer.Option(None, help="run date YYYY-MM-DD (default today)"),
+        keep_serving: bool = typer.Option(False, help="leave the scoring service running afterwards")):
+    """Run the daily flywheel flow once (what `make demo` does)."""
+    args = [sys.executable, "-m", "flows.daily", "--config", config] + (["--date", date] if date else []) \
+        + (["--keep-serving"] if keep_serving else [])
+    raise typer.Exit(subprocess.call(args, cwd=REPO_ROOT))
+
+
+@import_app.command("beir")
+def import_beir(directory: Path = typer.Argument(..., help="folder with corpus.jsonl, queries.jsonl, qrels/*.tsv"),
+                name: Optional[str] = typer.Option(None, help="dataset name used to prefix ids (default: folder name)")):
+    """Import a BEIR-layout dataset into the queries, documents and golden_labels tables."""
+    from flywheel.beir import BeirFormatError
+    from flywheel.beir import import_beir as _import
+    from flywheel.lake import Lake
+
+    paths = configure_environment()
+    try:
+        counts = _import(directory, Lake(paths.lake), name)
+    except BeirFormatError as exc:
+        typer.secho(f"error: {exc}", fg="red", err=True)
+        raise typer.Exit(2)
+    typer.echo(json.dumps(counts))
+
+
+@policy_app.command("check")
+def policy_check(file: Path):
+    """Validate a policy file; every mistake is reported with its line and how to fix it."""
+    from flywheel.policy import PolicyError, load_policy
+
+    try:
+        p = load_policy(file)
+    except PolicyError as exc:
+        typer.secho(str(exc), fg="red", err=True)
+        raise typer.Exit(1)
+    except FileNotFoundError as exc:
+        typer.secho(str(exc), fg="red", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"{file}: ok — policy {p.name} version {p.version}: {len(p.scale)} grades, "
+               f"{len(p.dimensions)} dimensions, {len(p.examples)} examples")
+
+
+@golden_app.command("build")
+def golden_build(source: Path = typer.Argument(REPO_ROOT.parent / "shared" / "datasets" / "socrata_arcs"),
+                 out: Path = typer.Option(REPO_ROOT / "golden_data" / "socrata")):
+    """Rebuild golden_data/socrata from the Socrata ARCS judgments (writes stats.json beside it)."""
+    from flywheel.golden import build_socrata_golden
+
+    typer.echo(json.dumps(build_socrata_golden(source, out), indent=2))
+
+
+@app.command()
+def serve(port: int = 8765, model: str = "flywheel-ranker", alias: str = "champion"):
+    """Serve models:/<model>@<alias> over HTTP (POST /score, POST /reload, GET /health)."""
+    from flywheel.serving import main
+
+    main(["--port", str(port), "--model", model, "--alias", alias])
+
+
+@app.command()
+def rollback(model: str = "flywheel-ranker"):
+    """Point the champion alias back at the previous champion."""
+    from flywheel.registry import rollback as _rollback
+
+    typer.echo(f"{model}@champion -> v{_rollback(model, configure_environment())}")
+
+
+@app.command()
+def ui(which: str = typer.Argument(..., help="mlflow or prefect"), port: Optional[int] = None):
+    """Start the MLflow or Prefect UI on the flywheel home (Ctrl-C to stop)."""
+    paths = configure_environment()
+    env = os.environ.copy()
+    if which == "mlflow":
+        cmd = ["mlflow", "ui", "--backend-store-uri", paths.mlflow_uri, "--port", str(port or 5000)]
+    elif which == "prefect":
+        cmd = ["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port or 4200)]
+    else:
+        raise typer.BadParameter("choose mlflow or prefect")
+    raise typer.Exit(subprocess.call([str(Path(sys.executable).parent / cmd[0])] + cmd[1:], env=env))
+
+
+if __name__ == "__main__":
+    app()

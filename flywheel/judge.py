@@ -1,0 +1,212 @@
+"""The relevance judge: one method, ``judge(pairs) -> judgments``, with two backends.
+
+- ``OpenAIJudge``: an instruction-tuned LLM behind any OpenAI-compatible endpoint, prompted with the policy.
+- ``OfflineJudge``: no network, no generation. A linear model over real relevance evidence (Gemma 3 270M query
+  likelihood, BM25, MiniLM cosine) whose output is mapped onto the policy's grade scale with cut-points fitted
+  on the golden calibration split. It is a calibrated scorer standing in for an LLM judge, and says so in every
+  rationale.
+
+Both return one row per pair with: grade (None unless parse_status == "ok"), score, dimension_scores (JSON),
+rationale, parse_status, raw_response. ``judge_version`` hashes everything that can change a label.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import pandas as pd
+
+from flywheel.calibration import apply_cutpoints, fit_cutpoints
+from flywheel.lake import sha256_text
+from flywheel.policy import Policy
+
+JUDGMENT_COLUMNS = ["grade", "score", "dimension_scores", "rationale", "parse_status", "raw_response"]
+
+
+class Judge(Protocol):
+    backend: str
+    model: str
+    prompt_hash: str
+    version: str
+
+    def judge(self, pairs: pd.DataFrame) -> pd.DataFrame:
+        """pairs: query, doc_id, doc_hash, title, text. Returns JUDGMENT_COLUMNS, same index."""
+
+
+# ---------------------------------------------------------------- prompt (static part first, pair last)
+
+def system_prompt(policy: Policy) -> str:
+    scale = "\n".join(f"{g.grade} = {g.label}: {g.definition}" for g in policy.scale)
+    dims = "\n".join(f"- {d.name}: {d.description}" for d in policy.dimensions)
+    ex = "\n".join(f'Query: "{e.query}" | Dataset: "{e.title}. {e.text}" -> grade {e.grade} ({e.why})'
+                   for e in policy.examples)
+    return (f"You are a search relevance judge. {policy.task}\n\nGrade scale:\n{scale}\n\nScore each dimension "
+            f"on the same scale:\n{dims}\n\nPolicy:\n{policy.guidance}\n\nWorked examples:\n{ex}\n\n"
+            'Reply with JSON only: {"grade": int, "dimensions": {name: int}, "rationale": "one sentence"}.')
+
+
+def user_prompt(query: str, title: str, text: str) -> str:
+    # The document is quoted data between delimiters: instructions inside it are not instructions to the judge.
+    return f"Query: {json.dumps(query)}\n<document>\n{json.dumps({'title': title, 'text': text})}\n</document>"
+
+
+def output_schema(policy: Policy) -> dict:
+    top = policy.max_grade
+    return {"type": "object", "required": ["grade", "dimensions", "rationale"], "properties": {
+        "grade": {"type": "integer", "minimum": 0, "maximum": top},
+        "dimensions": {"type": "object", "properties": {d.name: {"type": "integer", "minimum": 0, "maximum": top}
+                                                        for d in policy.dimensions}},
+        "rationale": {"type": "string"}}}
+
+
+def parse_reply(text: str | None, policy: Policy) -> tuple[str, dict | None]:
+    """('ok', obj) for a valid reply; ('unparsed', None) otherwise. Never turns a bad reply into a grade."""
+    if not text:
+        return "unparsed", None
+    s = text.strip()
+    if s.startswith("```"):
+        s = s.strip("`").removeprefix("json").strip()
+    try:
+        obj = json.loads(s)
+    except json.JSONDecodeError:
+        return "unparsed", None
+    g = obj.get("grade") if isinstance(obj, dict) else None
+    if not isinstance(g, int) or isinstance(g, bool) or not 0 <= g <= policy.max_grade:
+        return "unparsed", None
+    return "ok", obj
+
+
+# ---------------------------------------------------------------- offline backend
+
+@dataclass
+class OfflineJudge:
+    policy: Policy
+    extractor: object                      # flywheel.features.FeatureExtractor
+    mean: np.ndarray = field(default=None)
+    std: np.ndarray = field(default=None)
+    weights: np.ndarray = field(default=None)
+    bias: float = 0.0
+    cuts: np.ndarray = field(default=None)
+    backend: str = "offline"
+
+    @property
+    def model(self) -> str:
+        lm = f"+lm:{self.extractor.tag}" if "upr" in self.extractor.features else ""
+        return "linear(" + ",".join(self.extractor.features) + ")" + lm
+
+    @property
+    def prompt_hash(self) -> str:
+        from models import upr
+        return sha256_text(upr.DOC_PROMPT, upr.NULL_PROMPT)[:16]
+
+    @property
+    def version(self) -> str:
+        if self.weights is None:
+            raise RuntimeError("the offline judge is not fitted: call fit() on calibration pairs first")
+        params = json.dumps([self.mean.tolist(), self.std.tolist(), self.weights.tolist(), self.bias,
+                             self.cuts.tolist()])
+        return sha256_text(self.policy.version, self.backend, self.model, self.prompt_hash, params)[:16]
+
+    def _score(self, feats: pd.DataFrame) -> np.ndarray:
+        return ((feats.to_numpy() - self.mean) / self.std) @ self.weights + self.bias
+
+    def fit(self, pairs: pd.DataFrame, human_mean: np.ndarray, feats: pd.DataFrame | None = None) -> "OfflineJudge":
+        from sklearn.linear_model import Ridge
+
+        feats = self.extractor.transform(pairs) if feats is None else feats
+        x = feats.to_numpy()
+        self.mean, self.std = x.mean(0), x.std(0) + 1e-9
+        reg = Ridge(alpha=1.0).fit((x - self.mean) / self.std, human_mean)
+        self.weights, self.bias = reg.coef_.astype(float), float(reg.intercept_)
+        self.cuts = fit_cutpoints(self._score(feats), human_mean, n_grades=len(self.policy.scale))
+        return self
+
+    def judge(self, pairs: pd.DataFrame, feats: pd.DataFrame | None = None) -> pd.DataFrame:
+        feats = self.extractor.transform(pairs) if feats is None else feats
+        score = self._score(feats)
+        grade = apply_cutpoints(score, self.cuts)
+        z = (feats.to_numpy() - self.mean) / self.std
+        top = self.policy.max_grade
+        out = []
+        for i in range(len(pairs)):
+            contrib = {f: round(float(z[i, j] * self.weights[j]), 3) for j, f in enumerate(feats.columns)}
+            dims = {d.name: int(grade[i]) for d in self.policy.dimensions}
+            if "cosine" in feats.columns:      # semantic closeness speaks to topic
+                dims[self.policy.dimensions[0].name] = int(np.clip(np.round(1.5 + 1.5 * z[i, list(feats.columns).index("cosine")]), 0, top))
+            rationale = (f"offline judge (not an LLM): expected grade {score[i]:.2f} from evidence "
+                         + ", ".join(f"{k} {v:+.2f}" for k, v in contrib.items()))
+            out.append({"grade": int(grade[i]), "score": float(score[i]), "dimension_scores": json.dumps(dims),
+                        "rationale": rationale, "parse_status": "ok", "raw_response": None})
+        return pd.DataFrame(out, index=pairs.index, columns=JUDGMENT_COLUMNS)
+
+
+# ---------------------------------------------------------------- OpenAI-compatible backend
+
+@dataclass
+class OpenAIJudge:
+    policy: Policy
+    model: str
+    base_url: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    max_repairs: int = 1
+    temperature: float = 0.0
+    timeout_s: float = 60.0
+    backend: str = "openai"
+
+    def __post_init__(self):
+        import os
+
+        from openai import OpenAI
+
+        key = os.environ.get(self.api_key_env)
+        if not key:
+            raise RuntimeError(f"the openai judge backend needs an API key in ${self.api_key_env}")
+        self._client = OpenAI(base_url=self.base_url, api_key=key, timeout=self.timeout_s)
+
+    @property
+    def prompt_hash(self) -> str:
+        return sha256_text(system_prompt(self.policy), user_prompt("{q}", "{t}", "{x}"),
+                           json.dumps(output_schema(self.policy)))[:16]
+
+    @property
+    def version(self) -> str:
+        return sha256_text(self.policy.version, self.backend, self.model, self.prompt_hash,
+                           str(self.temperature))[:16]
+
+    def _ask(self, messages: list[dict]) -> tuple[str | None, str]:
+        resp = self._client.chat.completions.create(
+            model=self.model, messages=messages, temperature=self.temperature, max_tokens=300,
+            response_format={"type": "json_schema", "json_schema": {"name": "judgment", "schema": output_schema(self.policy)}})
+        choice = resp.choices[0]
+        if getattr(choice.message, "refusal", None):
+            return choice.message.refusal, "refused"
+        if choice.finish_reason == "length":
+            return choice.message.content, "truncated"
+        return choice.message.content, "ok"
+
+    def judge(self, pairs: pd.DataFrame) -> pd.DataFrame:
+        sys = {"role": "system", "content": system_prompt(self.policy)}
+        out = []
+        for q, t, x in zip(pairs["query"], pairs.title, pairs.text):
+            messages = [sys, {"role": "user", "content": user_prompt(q, t, x)}]
+            status, obj, raw = "unparsed", None, None
+            for attempt in range(self.max_repairs + 1):
+                raw, finish = self._ask(messages)
+                if finish != "ok":
+                    status = finish
+                    break
+                status, obj = parse_reply(raw, self.policy)
+                if status == "ok":
+                    break
+                messages = messages + [{"role": "assistant", "content": raw or ""},
+                                       {"role": "user", "content": "That was not valid JSON matching the schema. "
+                                                                   "Reply with the JSON object only."}]
+            ok = status == "ok"
+            out.append({"grade": int(obj["grade"]) if ok else None, "score": float(obj["grade"]) if ok else None,
+                        "dimension_scores": json.dumps(obj.get("dimensions", {})) if ok else None,
+                        "rationale": str(obj.get("rationale", "")) if ok else None,
+                        "parse_status": status, "raw_response": raw})
+        return pd.DataFrame(out, index=pairs.index, columns=JUDGMENT_COLUMNS)

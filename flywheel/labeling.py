@@ -1,0 +1,118 @@
+"""Stage 3: retrieve today's candidates and label the new pairs with the calibrated judge.
+
+"New" means: no label yet in the store for (query, document content hash, judge version) — a pair is never
+paid for twice. Labels are committed in small atomic batches, so a crash loses at most one batch and a rerun
+continues where it stopped. Queries of the golden test split are never candidates: they stay unseen by training.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+
+import pandas as pd
+
+from flywheel import context
+from flywheel.config import FlywheelConfig
+from flywheel.settings import Paths
+
+
+class GateClosed(RuntimeError):
+    """Bulk labelling refused: the judge version did not pass calibration."""
+
+
+def retrieve_candidates(date: str, cfg: FlywheelConfig, paths: Paths) -> dict:
+    lk = context.lake(paths)
+    queries = lk.read("queries")
+    queries = queries[queries.split.fillna("") != "test"].sort_values("query_id")
+    ret = context.retriever(paths)
+    r = cfg.retrieval
+    cands = ret.candidates(queries, r.k_bm25, r.k_dense, r.n_random, seed=cfg.seed)
+    cands.insert(0, "date", date)
+    lk.write("candidates", cands, date=date)
+    by = cands.retrieved_by.value_counts().to_dict()
+    return {"date": date, "queries": int(len(queries)), "candidates": int(len(cands)), "retrieved_by": by,
+            "fingerprint": lk.fingerprint("candidates", date)}
+
+
+def pending_pairs(date: str, judge_version: str, paths: Paths) -> pd.DataFrame:
+    """Candidates of ``date`` that have no label by ``judge_version`` anywhere in the store."""
+    lk = context.lake(paths)
+    cands = lk.read("candidates", date)
+    labels = lk.read("judge_labels")
+    done = set(zip(labels.query_id, labels.doc_hash, labels.judge_version))
+    todo = cands[[(q, h, judge_version) not in done for q, h in zip(cands.query_id, cands.doc_hash)]]
+    todo = todo.drop_duplicates(["query_id", "doc_hash"])
+    q = lk.read("queries")[["query_id", "text", "split"]].rename(columns={"text": "query"})
+    d = lk.read("documents")[["doc_id", "content_hash", "title", "text"]].rename(columns={"content_hash": "doc_hash"})
+    out = todo.merge(q, on="query_id").merge(d, on=["doc_id", "doc_hash"])
+    leaked = out[out.split == "test"]
+    if len(leaked):
+        raise RuntimeError(f"{len(leaked)} candidate(s) belong to golden test queries: they must never be labelled "
+                           f"for training (e.g. {leaked.query_id.iloc[0]})")
+    return out.sort_values(["query_id", "doc_id"]).reset_index(drop=True)
+
+
+def label_candidates(date: str, calibration: dict, cfg: FlywheelConfig, paths: Paths, run_id: str | None = None,
+                     batch_size: int = 64, progress=None, fail_after_batches: int | None = None) -> dict:
+    """Label today's pending pairs. Refuses (GateClosed) unless ``calibration['gate']['passed']``.
+
+    ``fail_after_batches`` injects a crash after that many committed batches (for resumption tests).
+    """
+    if not calibration["gate"]["passed"]:
+        raise GateClosed(f"judge {calibration['judge_version']} is blocked from bulk labelling: "
+                         f"{calibration['gate']['reason']}")
+    from flywheel.policy import load_policy
+
+    policy = load_policy(cfg.resolve(cfg.policy))
+    judge = context.load_judge(calibration["judge_version"], policy, cfg, paths, progress)
+    lk = context.lake(paths)
+    todo = pending_pairs(date, judge.version, paths)
+    run_id = run_id or uuid.uuid4().hex[:12]
+    counts = {"pending": int(len(todo)), "labelled": 0}
+    for b, s in enumerate(range(0, len(todo), batch_size)):
+        if fail_after_batches is not None and b >= fail_after_batches:
+            raise RuntimeError(f"injected failure after {b} committed label batch(es)")
+        part = todo.iloc[s:s + batch_size]
+        j = judge.judge(part)
+        rows = part[["query_id", "doc_id", "doc_hash"]].assign(
+            date=date, policy_hash=policy.version, judge_backend=judge.backend, judge_model=judge.model,
+            prompt_hash=judge.prompt_hash, judge_version=judge.version, run_id=run_id,
+            created_at=pd.Timestamp(datetime.now(timezone.utc)))
+        rows = pd.concat([rows, j], axis=1)
+        rows["grade"] = rows.grade.astype("Int8")
+        lk.write("judge_labels", rows, date=date)
+        counts["labelled"] += len(rows)
+    day = lk.read("judge_labels", date)
+    day = day[day.judge_version == judge.version]
+    counts.update({
+        "date": date, "judge_version": judge.version, "run_id": run_id,
+        "day_total": int(len(day)),
+        "status": day.parse_status.value_counts().to_dict(),
+        "grade_distribution": {int(k): int(v) for k, v in day.grade.dropna().astype(int).value_counts().sort_index().items()},
+        "fingerprint": lk.fingerprint("judge_labels", date),
+    })
+    return counts
+
+
+def validate_labels(date: str, paths: Paths) -> dict:
+    """Stage 4: re-validate the whole day's partition with its contract (raises ContractError on failure)."""
+    from flywheel import contracts
+
+    day = context.lake(paths).read("judge_labels", date)
+    if day.empty:
+        raise contracts.ContractError(f"no judge labels for {date}: nothing to train on")
+    contracts.validate("judge_labels", day)
+    return {"date": date, "rows": int(len(day)), "unparsed_rate": float((day.parse_status != "ok").mean())}
+
+
+def training_pairs(judge_version: str, paths: Paths) -> pd.DataFrame:
+    """Every usable label of ``judge_version`` (parse_status ok) with its text; never a golden test query."""
+    lk = context.lake(paths)
+    lab = lk.read("judge_labels")
+    lab = lab[(lab.judge_version == judge_version) & (lab.parse_status == "ok")]
+    q = lk.read("queries")[["query_id", "text", "split"]].rename(columns={"text": "query"})
+    d = lk.read("documents")[["doc_id", "content_hash", "title", "text"]].rename(columns={"content_hash": "doc_hash"})
+    out = lab.merge(q, on="query_id").merge(d, on=["doc_id", "doc_hash"])
+    assert not (out.split == "test").any(), "golden test queries reached the training set"
+    return out.sort_values(["query_id", "doc_id"]).reset_index(drop=True)

@@ -1,0 +1,79 @@
+"""The run report: one HTML page (and its Markdown twin for the Prefect artifact) per daily run."""
+
+from __future__ import annotations
+
+import html
+import os
+import uuid
+from pathlib import Path
+
+from flywheel.settings import Paths
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    return "" if v is None else str(v)
+
+
+def tables(summary: dict) -> list[tuple[str, list[str], list[list]]]:
+    out = [("Stages", ["stage", "seconds", "key figures"],
+            [[s["stage"], f"{s['seconds']:.1f}", s["figures"]] for s in summary["stages"]])]
+    cal = summary.get("calibration") or {}
+    rows = []
+    for label, key in (("judge, calibration split (cross-validated)", "calibration"), ("judge, test split", "test"),
+                       ("BM25 with fitted cut-points, test split", "bm25_baseline_test")):
+        m = cal.get(key)
+        if m:
+            rows.append([label, m["qwk"], f"{m['qwk_ci95'][0]:.3f}–{m['qwk_ci95'][1]:.3f}", m["spearman"],
+                         m["exact"], m["within_one"], m["n"]])
+    for split, h in (cal.get("human_ceiling") or {}).items():
+        rows.append([f"one human vs the other raters, {split}", h["loo_qwk"], "", None, h["loo_exact"],
+                     h["loo_within_one"], h["n_rater_pairs"]])
+    if rows:
+        out.append(("Judge agreement with human labels", ["who", "QWK", "QWK 95% CI", "Spearman", "exact",
+                                                          "within one", "n"], rows))
+    ev = (summary.get("evaluation") or {}).get("systems") or {}
+    if ev:
+        out.append(("Golden test split: NDCG@10, size, speed", ["system", "NDCG@10", "non-embedding params",
+                                                                "items/s (CPU)"],
+                    [[k, v["ndcg@10"], v.get("n_params"), v.get("items_per_s")] for k, v in ev.items()]))
+    return out
+
+
+def markdown(summary: dict) -> str:
+    parts = [f"# Flywheel run {summary['date']}\n"]
+    for title, cols, rows in tables(summary):
+        parts.append(f"## {title}\n\n| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
+        parts += ["| " + " | ".join(_fmt(c) for c in r) + " |" for r in rows]
+        parts.append("")
+    if summary.get("notes"):
+        parts.append("\n".join(f"- {n}" for n in summary["notes"]))
+    return "\n".join(parts)
+
+
+def write_report(summary: dict, paths: Paths) -> Path:
+    body = []
+    for title, cols, rows in tables(summary):
+        body.append(f"<h2>{html.escape(title)}</h2><table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in cols)
+                    + "</tr>" + "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(c))}</td>" for c in r) + "</tr>"
+                                        for r in rows) + "</table>")
+    worst = (summary.get("calibration") or {}).get("worst_disagreements") or []
+    if worst:
+        body.append("<h2>Largest judge–human disagreements (test split)</h2><table><tr><th>query</th><th>dataset</th>"
+                    "<th>human</th><th>judge</th><th>rationale</th></tr>" + "".join(
+                        f"<tr><td>{html.escape(w['query'])}</td><td>{html.escape(w['title'])}</td>"
+                        f"<td>{w['aggregated_grade']:.2f}</td><td>{w['judge_grade']}</td>"
+                        f"<td>{html.escape(w['rationale'] or '')}</td></tr>" for w in worst) + "</table>")
+    notes = "".join(f"<li>{html.escape(n)}</li>" for n in summary.get("notes", []))
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>Flywheel {summary['date']}</title><style>"
+            "body{font-family:sans-serif;margin:2em;max-width:70em}table{border-collapse:collapse;margin-bottom:1em}"
+            "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}th{background:#f3f3f3}</style></head>"
+            f"<body><h1>Relevance flywheel — daily run {summary['date']}</h1><ul>{notes}</ul>{''.join(body)}</body></html>")
+    paths.reports.mkdir(parents=True, exist_ok=True)
+    out = paths.reports / f"flywheel-{summary['date']}.html"
+    for target in (out, paths.reports / "latest.html"):
+        tmp = target.with_name(f".tmp-{uuid.uuid4().hex}")
+        tmp.write_text(page)
+        os.replace(tmp, target)
+    return out

@@ -1,0 +1,1 @@
+"""torch/transformers only: model builders, scoring, losses, distillation and pruning. Never imports prefect."""

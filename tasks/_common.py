@@ -1,0 +1,69 @@
+"""What every task shares: the flywheel home, content-keyed cache keys, rich progress, artifacts."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from pathlib import Path
+
+from flywheel.settings import REPO_ROOT, configure_environment
+
+_CODE_DIRS = ("flywheel", "models", "tasks")
+
+
+def paths():
+    return configure_environment()
+
+
+def code_version() -> str:
+    """Hash of the library's source: a code change invalidates the caches of the stages it could affect."""
+    h = hashlib.sha256()
+    for d in _CODE_DIRS:
+        for f in sorted((REPO_ROOT / d).rglob("*.py")):
+            h.update(f.read_bytes())
+    return h.hexdigest()[:12]
+
+
+def _jsonable(v):
+    if hasattr(v, "model_dump"):
+        return v.model_dump()
+    return v
+
+
+def content_key(context, parameters: dict) -> str:
+    """Cache key: task name + its parameters (content hashes, configs) + code version + flywheel home."""
+    payload = json.dumps({k: _jsonable(v) for k, v in sorted(parameters.items())}, sort_keys=True, default=str)
+    raw = "|".join([context.task.name, payload, code_version(), str(paths().home)])
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
+def file_hash(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def progress(description: str, total: int | None):
+    """A rich progress bar; yields a callback ``advance(n)`` for the library function to call."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeRemainingColumn(), transient=False) as p:
+        t = p.add_task(description, total=total)
+        yield lambda n=1: p.advance(t, n)
+
+
+def markdown_table(rows: list[dict]) -> str:
+    if not rows:
+        return "(empty)"
+    cols = list(rows[0])
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        lines.append("| " + " | ".join(f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def artifact(key: str, markdown: str, description: str = "") -> None:
+    from prefect.artifacts import create_markdown_artifact
+
+    create_markdown_artifact(key=key, markdown=markdown, description=description)

@@ -1,0 +1,33 @@
+"""Tasks: deploy the champion to the local scoring service and smoke-test it; write the run report."""
+
+from prefect import task
+
+from flywheel import report as report_lib
+from flywheel import serving as lib
+from flywheel.config import FlywheelConfig
+from flywheel.golden import load_golden
+from tasks._common import artifact, paths
+
+
+@task(name="deploy-scoring-service", retries=1, retry_delay_seconds=2)
+def deploy(promotion: dict, rungs: dict, registered: dict, cfg: FlywheelConfig, keep_running: bool = False) -> dict:
+    if promotion["champion"] is None:
+        return {"skipped": "no champion to deploy"}
+    # Compare the service with the checkpoint as training saved it; an older champion with its registered copy.
+    trained = rungs["student_pruned"] if registered["student_pruned"]["version"] == promotion["champion"] else None
+    if trained is not None:
+        offline = lib.offline_scorer(trained["path"])
+    else:
+        import mlflow.pyfunc
+        model = mlflow.pyfunc.load_model(f"models:/{cfg.registered_model}/{promotion['champion']}")
+        offline = lambda df: list(model.predict(df))  # noqa: E731
+    test = load_golden(cfg.resolve(cfg.golden)).pairs("test")
+    sample = test[test.query_id.isin(sorted(test.query_id.unique())[:8])]
+    return lib.deploy_and_smoke_test(cfg.registered_model, offline, sample, cfg.serve_port, paths(), keep_running)
+
+
+@task(name="write-report", retries=1, retry_delay_seconds=1)
+def write_report(summary: dict) -> str:
+    path = report_lib.write_report(summary, paths())
+    artifact("flywheel-report", report_lib.markdown(summary))
+    return str(path)

@@ -1,0 +1,27 @@
+"""Tasks: retrieve today's candidates, label the new pairs, validate the day's labels."""
+
+from prefect import task
+
+from flywheel import labeling as lib
+from flywheel.config import FlywheelConfig
+from tasks._common import artifact, content_key, paths, progress
+
+
+@task(name="retrieve-candidates", retries=2, retry_delay_seconds=1, cache_key_fn=content_key, persist_result=True)
+def retrieve_candidates(date: str, cfg: FlywheelConfig, queries_fp: str, documents_fp: str) -> dict:
+    return lib.retrieve_candidates(date, cfg, paths())
+
+
+@task(name="label-candidates", retries=2, retry_delay_seconds=1, cache_key_fn=content_key, persist_result=True)
+def label_candidates(date: str, calibration: dict, cfg: FlywheelConfig, candidates_fp: str) -> dict:
+    pending = len(lib.pending_pairs(date, calibration["judge_version"], paths())) if calibration["gate"]["passed"] else None
+    with progress(f"labelling {date}", pending) as advance:
+        out = lib.label_candidates(date, calibration, cfg, paths(), progress=advance)
+    artifact("daily-labels", f"**{date}**: {out['labelled']} new labels by judge `{out['judge_version']}` "
+             f"({out['day_total']} today); status {out['status']}; grades {out['grade_distribution']}")
+    return out
+
+
+@task(name="validate-labels", retries=0, cache_key_fn=content_key, persist_result=True)
+def validate_labels(date: str, labels_fp: str) -> dict:
+    return lib.validate_labels(date, paths())

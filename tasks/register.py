@@ -1,0 +1,48 @@
+"""Tasks: register every rung in MLflow with lineage; gate and move the aliases."""
+
+from prefect import task
+
+from flywheel import registry as lib
+from flywheel.config import FlywheelConfig
+from tasks._common import artifact, code_version, content_key, paths
+
+
+@task(name="register-models", retries=2, retry_delay_seconds=1, cache_key_fn=content_key, persist_result=True)
+def register_models(rungs: dict, evaluation: dict, lineage: dict, cfg: FlywheelConfig) -> dict:
+    out = {}
+    for name, rung in rungs.items():
+        # The deployable model is the pruned student; every rung is also kept under its own name.
+        registered = cfg.registered_model if name == "student_pruned" else f"{cfg.registered_model}-{name}"
+        metrics = {"ndcg@10": evaluation["systems"][name]["ndcg@10"],
+                   "items_per_s": evaluation["systems"][name].get("items_per_s")}
+        out[name] = lib.log_ranker(rung, metrics, lineage | {"code_version": code_version(),
+                                                            "parent": rung.get("parent", "judge-labels")},
+                                   paths(), registered)
+    lib.set_alias(cfg.registered_model, "challenger", out["student_pruned"]["version"], paths())
+    return out
+
+
+@task(name="promote", retries=2, retry_delay_seconds=1)
+def promote(registered: dict, evaluation: dict, cfg: FlywheelConfig) -> dict:
+    """Not cached: the decision depends on the registry's current champion."""
+    from mlflow import MlflowClient
+
+    name = cfg.registered_model
+    challenger = registered["student_pruned"]
+    systems = evaluation["systems"]
+    champ = lib.alias_version(name, "champion", paths())
+    champ_ndcg = float(champ.tags["ndcg_at_10"]) if champ is not None and champ.version != challenger["version"] else None
+    already = champ is not None and champ.version == challenger["version"]
+    p = cfg.promotion
+    decision = lib.promotion_decision(systems["student_pruned"]["ndcg@10"], systems["teacher"]["ndcg@10"],
+                                      champ_ndcg, p.min_ndcg, p.min_ratio_to_teacher, p.tolerance_vs_champion)
+    if decision.promote and not already:
+        if champ is not None:
+            MlflowClient().set_model_version_tag(name, challenger["version"], "previous_champion", champ.version)
+        lib.set_alias(name, "champion", challenger["version"], paths())
+    now = lib.alias_version(name, "champion", paths())
+    artifact("promotion", f"**{name}** challenger v{challenger['version']}: "
+             f"{'promoted' if decision.promote else 'not promoted'} — {decision.reason}. "
+             f"Champion is v{now.version if now else 'none'}.")
+    return {"promoted": decision.promote, "reason": decision.reason, "champion": now.version if now else None,
+            "challenger": challenger["version"]}
