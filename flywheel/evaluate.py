@@ -29,7 +29,7 @@ def evaluate_all(rungs: dict, judge_version: str, run_id: str, cfg: FlywheelConf
     ret = context.retriever(paths)
     bm = ret.pair_features(test)
     systems["bm25"] = {"ndcg@10": ndcg_at_10(test, bm.bm25), "n_params": None}
-        from flywheel.retrieval import load_encoder
+    from flywheel.retrieval import load_encoder
     enc = load_encoder()[0].auto_model
     enc_params = sum(p.numel() for p in enc.parameters()) - sum(p.numel() for p in enc.embeddings.parameters())
     systems["bi-encoder"] = {"ndcg@10": ndcg_at_10(test, bm.cosine), "n_params": int(enc_params)}
