@@ -1,0 +1,104 @@
+"""The daily flow end to end on the CI config: the gate blocks, a late crash resumes from cache without
+rewriting a row, a warm rerun redoes nothing, and the served champion reproduces the offline scores."""
+
+import random
+
+import pytest
+
+from flywheel import calibrate, evaluate, labeling, ladder
+from flywheel.config import load_config
+from flywheel.lake import PRIMARY_KEYS
+from flywheel.schemas import SCHEMAS
+
+pytestmark = pytest.mark.slow
+DATE = "2026-01-05"
+
+
+@pytest.fixture(scope="module")
+def prefect_server():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield
+
+
+@pytest.fixture()
+def cfg():
+    c = load_config("configs/ci.yaml")
+    return c.model_copy(update={"serve_port": random.randint(20000, 40000)})
+
+
+def _count_calls(monkeypatch, module, name, counter):
+    real = getattr(module, name)
+
+    def wrapped(*a, **k):
+        counter[name] = counter.get(name, 0) + 1
+        return real(*a, **k)
+
+    monkeypatch.setattr(module, name, wrapped)
+
+
+def _assert_no_duplicate_rows(paths):
+    from flywheel.lake import Lake
+
+    lake = Lake(paths.lake)
+    for table in SCHEMAS:
+        df = lake.read(table)
+        assert not df.duplicated(PRIMARY_KEYS[table]).any(), f"{table} has a row written twice"
+
+
+def test_gate_blocks_bulk_labelling(prefect_server, cfg, home):
+    from flows.daily import daily_flywheel
+    from flywheel.lake import Lake
+
+    strict = cfg.model_copy(update={"judge": cfg.judge.model_copy(update={"min_qwk": 0.99})})
+    with pytest.raises(labeling.GateClosed, match="below the threshold 0.990"):
+        daily_flywheel(strict, "2026-01-04")
+    assert Lake(home / "lake").read("judge_labels").empty
+
+
+def test_crash_in_a_late_stage_resumes_from_cache_and_warm_rerun_redoes_nothing(prefect_server, cfg, monkeypatch):
+    from flows.daily import daily_flywheel
+    from flywheel.registry import alias_version
+    from tasks._common import paths
+
+    def broken(*a, **k):
+        raise RuntimeError("injected failure in evaluation")
+
+    monkeypatch.setattr(evaluate, "evaluate_all", broken)
+    with pytest.raises(RuntimeError, match="injected failure"):
+        daily_flywheel(cfg, DATE)
+    monkeypatch.undo()
+    first_files = {t: len(list((paths().lake / t).rglob("part-*.parquet"))) for t in SCHEMAS}
+
+    calls: dict = {}
+    for mod, name in [(calibrate, "calibrate"), (labeling, "retrieve_candidates"), (labeling, "label_candidates"),
+                      (ladder, "train_teacher"), (ladder, "distil"), (ladder, "prune_student"),
+                      (evaluate, "evaluate_all")]:
+        _count_calls(monkeypatch, mod, name, calls)
+    summary = daily_flywheel(cfg, DATE)
+    assert calls == {"evaluate_all": 1}, f"stages before the crash ran again: {calls}"
+    _assert_no_duplicate_rows(paths())
+    for t in ("judge_labels", "candidates", "teacher_scores"):
+        assert len(list((paths().lake / t).rglob("part-*.parquet"))) == first_files[t]
+
+    ev = summary["evaluation"]["systems"]
+    assert set(ev) >= {"bm25", "judge", "teacher", "mid", "student", "student_pruned"}
+    assert summary["rungs"]["student_pruned"]["params_non_embedding"] < summary["rungs"]["student"]["params_non_embedding"]
+    assert summary["calibration"]["test"]["qwk"] > 0.4
+    # The judge labels carry their lineage.
+    labels = __import__("flywheel.lake", fromlist=["Lake"]).Lake(paths().lake).read("judge_labels", DATE)
+    assert labels.policy_hash.nunique() == 1 and labels.judge_version.eq(summary["calibration"]["judge_version"]).all()
+    assert (labels.parse_status == "ok").all() and labels.grade.between(0, 3).all()
+    # Served champion reproduces offline scores.
+    dep = summary["deploy"]
+    assert dep["pairs_checked"] > 10 and dep["max_abs_diff"] <= 1e-4
+    champion = alias_version(cfg.registered_model, "champion", paths())
+    assert champion is not None and summary["promotion"]["champion"] == champion.version
+
+    calls.clear()
+    again = daily_flywheel(cfg, DATE)
+    assert calls == {}, f"a warm rerun recomputed {calls}"
+    assert again["promotion"]["champion"] == champion.version
+    assert again["evaluation"] == summary["evaluation"]
+    _assert_no_duplicate_rows(paths())

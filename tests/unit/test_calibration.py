@@ -1,0 +1,52 @@
+import numpy as np
+import pytest
+from sklearn.metrics import cohen_kappa_score
+
+from flywheel.calibration import agreement, apply_cutpoints, bootstrap_ci, calibration_gate, fit_cutpoints
+
+
+def test_agreement_against_hand_computed_values():
+    judge = np.array([0, 1, 2, 3, 3, 0])
+    human = np.array([0.0, 1.4, 2.6, 3.0, 1.0, 0.4])    # rounds to 0,1,3,3,1,0
+    m = agreement(judge, human)
+    assert m["exact"] == pytest.approx(4 / 6)
+    assert m["within_one"] == pytest.approx(5 / 6)
+    assert m["qwk"] == pytest.approx(cohen_kappa_score([0, 1, 3, 3, 1, 0], judge, weights="quadratic"))
+    assert m["confusion"][1][3] == 1 and m["confusion"][3][2] == 1 and sum(m["confusion"][2]) == 0
+
+
+def test_perfect_and_chance_agreement():
+    rng = np.random.default_rng(0)
+    h = rng.integers(0, 4, 400).astype(float)
+    assert agreement(h.astype(int), h)["qwk"] == pytest.approx(1.0)
+    assert abs(agreement(rng.integers(0, 4, 400), h)["qwk"]) < 0.15
+
+
+def test_cutpoints_recover_a_known_mapping():
+    rng = np.random.default_rng(1)
+    score = rng.uniform(0, 1, 600)
+    true_cuts = np.array([0.3, 0.55, 0.8])
+    human = apply_cutpoints(score, true_cuts).astype(float)
+    cuts = fit_cutpoints(score, human)
+    assert np.abs(cuts - true_cuts).max() < 0.02
+    assert agreement(apply_cutpoints(score, cuts), human)["qwk"] > 0.98
+
+
+def test_apply_cutpoints_edges():
+    assert apply_cutpoints(np.array([-1, 0.3, 0.31, 5]), np.array([0.3, 0.5, 0.9])).tolist() == [0, 1, 1, 3]
+
+
+def test_bootstrap_interval_contains_the_estimate():
+    rng = np.random.default_rng(2)
+    h = rng.integers(0, 4, 300).astype(float)
+    j = np.clip(h + rng.integers(-1, 2, 300), 0, 3).astype(int)
+    lo, hi = bootstrap_ci(j, h, n=200)
+    assert lo < agreement(j, h)["qwk"] < hi and hi - lo < 0.2
+
+
+def test_gate_blocks_low_agreement_and_parse_failures():
+    assert calibration_gate({"qwk": 0.7}, 0.6).passed
+    low = calibration_gate({"qwk": 0.1}, 0.6)
+    assert not low.passed and "below the threshold" in low.reason
+    assert not calibration_gate({"qwk": 0.9, "unparsed_rate": 0.2}, 0.6).passed
+    assert not calibration_gate({"qwk": float("nan")}, 0.6).passed

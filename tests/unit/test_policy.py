@@ -1,0 +1,53 @@
+from pathlib import Path
+
+import pytest
+
+from flywheel.policy import PolicyError, load_policy, parse_policy
+
+ROOT = Path(__file__).resolve().parents[2]
+SHIPPED = ROOT / "policies" / "open_data_search.md"
+
+
+def test_every_shipped_policy_loads():
+    files = list((ROOT / "policies").glob("*.md"))
+    assert files
+    for f in files:
+        if f.name == "README.md":
+            continue
+        p = load_policy(f)
+        assert [g.grade for g in p.scale] == list(range(len(p.scale)))
+        assert len(p.version) == 16
+
+
+def test_version_changes_with_any_content_change():
+    text = SHIPPED.read_text()
+    base = parse_policy(text).version
+    assert parse_policy(text.replace("Loosely relevant", "Somewhat relevant")).version != base
+    assert parse_policy(text + "\nOne more sentence of guidance.").version != base
+    assert parse_policy(text).version == base
+
+
+def test_mistakes_are_reported_with_their_line_and_a_fix():
+    lines = SHIPPED.read_text().splitlines()
+    i = next(n for n, l in enumerate(lines) if l.strip().startswith("- grade: 2"))
+    lines[i] = lines[i].replace("grade: 2", "grade: 5")          # a gap in the scale
+    j = next(n for n, l in enumerate(lines) if l.startswith("owner:"))
+    lines[j] = "ownr: search-relevance-pm"                       # misspelt field
+    with pytest.raises(PolicyError) as exc:
+        parse_policy("\n".join(lines), "p.md")
+    msgs = dict(exc.value.problems)
+    text = str(exc.value)
+    assert "p.md:" in text
+    assert any("owner" in m and "add this field" in m for m in msgs.values())
+    assert any("ownr" in m and "remove it" in m for m in msgs.values())
+    assert (j + 1) in msgs                                        # 1-based line of the misspelt key
+    assert any("0,1,2" in m for m in msgs.values())
+
+
+def test_header_errors():
+    with pytest.raises(PolicyError, match="starts with a YAML header"):
+        parse_policy("# no header")
+    with pytest.raises(PolicyError, match="not closed"):
+        parse_policy("---\nname: x\n")
+    with pytest.raises(PolicyError, match=r"<policy>:\d+: invalid YAML"):
+        parse_policy("---\nname: x\nscale: [\n---\n")

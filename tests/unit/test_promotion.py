@@ -1,0 +1,20 @@
+from flywheel.registry import promotion_decision
+
+KW = dict(min_ndcg=0.5, min_ratio_to_teacher=0.95, tolerance=0.005)
+
+
+def test_first_model_is_promoted_when_good_enough():
+    d = promotion_decision(0.80, 0.82, None, **KW)
+    assert d.promote and "no champion" in d.reason
+
+
+def test_blocks_below_absolute_floor_teacher_ratio_or_champion():
+    assert not promotion_decision(0.40, 0.41, None, **KW).promote
+    r = promotion_decision(0.70, 0.80, None, **KW)
+    assert not r.promote and "teacher" in r.reason
+    c = promotion_decision(0.80, 0.80, 0.82, **KW)
+    assert not c.promote and "champion" in c.reason
+
+
+def test_tolerance_lets_an_equal_model_through():
+    assert promotion_decision(0.818, 0.82, 0.82, **KW).promote
