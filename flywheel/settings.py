@@ -84,10 +84,11 @@ def configure_environment(home: str | os.PathLike | None = None) -> Paths:
         "TOKENIZERS_PARALLELISM": "false",
         "MPLCONFIGDIR": str(paths.home / "matplotlib"),
         "GX_ANALYTICS_ENABLED": "false",
+        "IR_DATASETS_HOME": str(paths.home / "ir_datasets"),   # ranx imports ir_datasets, which writes to ~
     }
     for key, value in env.items():
         if force and key in {"FLYWHEEL_HOME", "PREFECT_HOME", "PREFECT_LOCAL_STORAGE_PATH",
-                             "MLFLOW_TRACKING_URI", "HF_HOME", "MPLCONFIGDIR"}:
+                             "MLFLOW_TRACKING_URI", "HF_HOME", "MPLCONFIGDIR", "IR_DATASETS_HOME"}:
             os.environ[key] = value
         else:
             os.environ.setdefault(key, value)

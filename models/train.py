@@ -80,7 +80,7 @@ def train_ranker(model, tokenizer, contract, pairs: pd.DataFrame, target: str, m
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step(); sched.step()
-            losses.append(float(loss)); step += 1
+            losses.append(loss.item()); step += 1
             if progress:
                 progress(1)
     model.eval()

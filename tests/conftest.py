@@ -9,7 +9,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 _HOME = tempfile.mkdtemp(prefix="flywheel-test-")
 os.environ["FLYWHEEL_HOME"] = _HOME
-for key in ("PREFECT_HOME", "PREFECT_LOCAL_STORAGE_PATH", "MLFLOW_TRACKING_URI", "HF_HOME", "MPLCONFIGDIR"):
+for key in ("PREFECT_HOME", "PREFECT_LOCAL_STORAGE_PATH", "MLFLOW_TRACKING_URI", "HF_HOME", "MPLCONFIGDIR", "IR_DATASETS_HOME"):
     os.environ.pop(key, None)
 
 from flywheel.settings import configure_environment  # noqa: E402

@@ -26,3 +26,17 @@ def test_tasks_only_wrap_library_functions():
         text = f.read_text()
         assert "import torch" not in text and "train_ranker" not in text, f
         assert len(text.splitlines()) < 120, f"{f.name} grew past a thin wrapper"
+
+
+def test_nothing_is_written_to_the_home_directory(tmp_path):
+    """Every library that likes ~ (prefect, mlflow, HF, matplotlib, ir_datasets via ranx) is pointed at the home."""
+    fake_home = tmp_path / "user"
+    fake_home.mkdir()
+    code = ("from flywheel.settings import configure_environment; configure_environment();"
+            "import ranx, mlflow, matplotlib.pyplot, transformers, flywheel.evaluation as e, pandas as pd;"
+            "e.ndcg_at_10(pd.DataFrame({'query_id':['q','q'],'doc_id':['a','b'],'aggregated_grade':[1,0]}), [1,0])")
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith(("PREFECT", "MLFLOW", "HF_", "IR_", "MPL"))}
+    env.update(HOME=str(fake_home), FLYWHEEL_HOME=str(tmp_path / "fw"))
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert not list(fake_home.iterdir()), list(fake_home.iterdir())
