@@ -41,7 +41,7 @@ class RungConfig(BaseModel):
     layers: list[int] | None = None      # encoder layers kept (None = all)
     epochs: int = Field(2, ge=1)
     lr: float = Field(5e-5, gt=0)
-    max_length: int = Field(96, ge=16)
+    max_length: int = Field(64, ge=16)
 
 
 class LadderConfig(BaseModel):

