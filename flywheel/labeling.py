@@ -65,7 +65,7 @@ def label_candidates(date: str, calibration: dict, cfg: FlywheelConfig, paths: P
     from flywheel.policy import load_policy
 
     policy = load_policy(cfg.resolve(cfg.policy))
-    judge = context.load_judge(calibration["judge_version"], policy, cfg, paths, progress)
+    judge = context.load_judge(calibration["judge_version"], policy, cfg, paths)
     lk = context.lake(paths)
     todo = pending_pairs(date, judge.version, paths)
     run_id = run_id or uuid.uuid4().hex[:12]
@@ -83,6 +83,8 @@ def label_candidates(date: str, calibration: dict, cfg: FlywheelConfig, paths: P
         rows["grade"] = rows.grade.astype("Int8")
         lk.write("judge_labels", rows, date=date)
         counts["labelled"] += len(rows)
+        if progress:
+            progress(len(rows))
     day = lk.read("judge_labels", date)
     day = day[day.judge_version == judge.version]
     counts.update({

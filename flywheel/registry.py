@@ -142,3 +142,26 @@ def log_calibration(summary: dict, paths: Paths) -> str:
         plt.close(fig)
         mlflow.log_dict(summary, "calibration.json")
     return run.info.run_id
+
+
+def promote_challenger(name: str, challenger_version: str, challenger_ndcg: float, teacher_ndcg: float,
+                       promotion, paths: Paths) -> dict:
+    """Apply :func:`promotion_decision` against the current champion and move the alias if it says so.
+
+    ``promotion`` is a :class:`flywheel.config.PromotionConfig`. Idempotent: promoting the version that already
+    holds ``champion`` changes nothing. The replaced champion is remembered for :func:`rollback`.
+    """
+    from mlflow import MlflowClient
+
+    champ = alias_version(name, "champion", paths)
+    already = champ is not None and champ.version == challenger_version
+    champ_ndcg = float(champ.tags["ndcg_at_10"]) if champ is not None and not already else None
+    decision = promotion_decision(challenger_ndcg, teacher_ndcg, champ_ndcg, promotion.min_ndcg,
+                                  promotion.min_ratio_to_teacher, promotion.tolerance_vs_champion)
+    if decision.promote and not already:
+        if champ is not None:
+            MlflowClient().set_model_version_tag(name, challenger_version, "previous_champion", champ.version)
+        set_alias(name, "champion", challenger_version, paths)
+    now = alias_version(name, "champion", paths)
+    return {"promoted": decision.promote, "reason": decision.reason, "champion": now.version if now else None,
+            "challenger": challenger_version}

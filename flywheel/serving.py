@@ -91,6 +91,22 @@ def offline_scorer(checkpoint: str):
     return lambda df: score_pairs(model, tok, contract, df["query"].tolist(), df.title.tolist(), df.text.tolist())
 
 
+def deploy_champion(model_name: str, champion_version: str | None, trained_version: str, trained_checkpoint: str,
+                    pairs: pd.DataFrame, port: int, paths: Paths, keep_running: bool = False) -> dict:
+    """Deploy ``models:/<name>@champion`` and check it against the offline scores of the same model: the
+    checkpoint as training saved it when the champion is today's model, else the registered copy."""
+    if champion_version is None:
+        return {"skipped": "no champion to deploy"}
+    if champion_version == trained_version:
+        offline = offline_scorer(trained_checkpoint)
+    else:
+        import mlflow.pyfunc
+
+        model = mlflow.pyfunc.load_model(f"models:/{model_name}/{champion_version}")
+        offline = lambda df: list(model.predict(df))  # noqa: E731
+    return deploy_and_smoke_test(model_name, offline, pairs, port, paths, keep_running)
+
+
 def deploy_and_smoke_test(model_name: str, offline, pairs: pd.DataFrame, port: int, paths: Paths,
                           keep_running: bool = False, tolerance: float = 1e-4) -> dict:
     """Start (or hot-reload) the service on ``port``, score ``pairs`` through HTTP, one request per query, and

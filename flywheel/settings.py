@@ -74,7 +74,11 @@ def configure_environment(home: str | os.PathLike | None = None) -> Paths:
         "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
-        "PREFECT_LOGGING_LEVEL": os.environ.get("PREFECT_LOGGING_LEVEL", "WARNING"),
+        "PREFECT_LOGGING_LEVEL": "INFO",              # task states (Completed / Cached) stay visible
+        "PREFECT_LOGGING_ROOT_LEVEL": "WARNING",      # ...but not every library's INFO/DEBUG chatter
+        "MLFLOW_LOGGING_LEVEL": "WARNING",
+        "TRANSFORMERS_VERBOSITY": "error",
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
         "MLFLOW_TRACKING_URI": paths.mlflow_uri,
         "MLFLOW_DISABLE_TELEMETRY": "true",
         "DO_NOT_TRACK": "true",

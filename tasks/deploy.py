@@ -11,19 +11,10 @@ from tasks._common import artifact, paths
 
 @task(name="deploy-scoring-service", retries=1, retry_delay_seconds=2)
 def deploy(promotion: dict, rungs: dict, registered: dict, cfg: FlywheelConfig, keep_running: bool = False) -> dict:
-    if promotion["champion"] is None:
-        return {"skipped": "no champion to deploy"}
-    # Compare the service with the checkpoint as training saved it; an older champion with its registered copy.
-    trained = rungs["student_pruned"] if registered["student_pruned"]["version"] == promotion["champion"] else None
-    if trained is not None:
-        offline = lib.offline_scorer(trained["path"])
-    else:
-        import mlflow.pyfunc
-        model = mlflow.pyfunc.load_model(f"models:/{cfg.registered_model}/{promotion['champion']}")
-        offline = lambda df: list(model.predict(df))  # noqa: E731
     test = load_golden(cfg.resolve(cfg.golden)).pairs("test")
     sample = test[test.query_id.isin(sorted(test.query_id.unique())[:8])]
-    return lib.deploy_and_smoke_test(cfg.registered_model, offline, sample, cfg.serve_port, paths(), keep_running)
+    return lib.deploy_champion(cfg.registered_model, promotion["champion"], registered["student_pruned"]["version"],
+                               rungs["student_pruned"]["path"], sample, cfg.serve_port, paths(), keep_running)
 
 
 @task(name="write-report", retries=1, retry_delay_seconds=1)

@@ -25,24 +25,11 @@ def register_models(rungs: dict, evaluation: dict, lineage: dict, cfg: FlywheelC
 @task(name="promote", retries=2, retry_delay_seconds=1)
 def promote(registered: dict, evaluation: dict, cfg: FlywheelConfig) -> dict:
     """Not cached: the decision depends on the registry's current champion."""
-    from mlflow import MlflowClient
-
-    name = cfg.registered_model
-    challenger = registered["student_pruned"]
     systems = evaluation["systems"]
-    champ = lib.alias_version(name, "champion", paths())
-    champ_ndcg = float(champ.tags["ndcg_at_10"]) if champ is not None and champ.version != challenger["version"] else None
-    already = champ is not None and champ.version == challenger["version"]
-    p = cfg.promotion
-    decision = lib.promotion_decision(systems["student_pruned"]["ndcg@10"], systems["teacher"]["ndcg@10"],
-                                      champ_ndcg, p.min_ndcg, p.min_ratio_to_teacher, p.tolerance_vs_champion)
-    if decision.promote and not already:
-        if champ is not None:
-            MlflowClient().set_model_version_tag(name, challenger["version"], "previous_champion", champ.version)
-        lib.set_alias(name, "champion", challenger["version"], paths())
-    now = lib.alias_version(name, "champion", paths())
-    artifact("promotion", f"**{name}** challenger v{challenger['version']}: "
-             f"{'promoted' if decision.promote else 'not promoted'} — {decision.reason}. "
-             f"Champion is v{now.version if now else 'none'}.")
-    return {"promoted": decision.promote, "reason": decision.reason, "champion": now.version if now else None,
-            "challenger": challenger["version"]}
+    out = lib.promote_challenger(cfg.registered_model, registered["student_pruned"]["version"],
+                                 systems["student_pruned"]["ndcg@10"], systems["teacher"]["ndcg@10"],
+                                 cfg.promotion, paths())
+    artifact("promotion", f"**{cfg.registered_model}** challenger v{out['challenger']}: "
+             f"{'promoted' if out['promoted'] else 'not promoted'} — {out['reason']}. "
+             f"Champion is v{out['champion'] or 'none'}.")
+    return out
