@@ -113,7 +113,7 @@ def rollback(name: str, paths: Paths) -> str:
     if not prev:
         raise RuntimeError(f"{name}@champion (v{current.version}) has no previous champion to roll back to")
     client.set_registered_model_alias(name, "champion", prev)
-    return prev
+    return str(prev)
 
 
 def log_calibration(summary: dict, paths: Paths) -> str:
@@ -154,14 +154,17 @@ def promote_challenger(name: str, challenger_version: str, challenger_ndcg: floa
     from mlflow import MlflowClient
 
     champ = alias_version(name, "champion", paths)
-    already = champ is not None and champ.version == challenger_version
-    champ_ndcg = float(champ.tags["ndcg_at_10"]) if champ is not None and not already else None
+    already = champ is not None and str(champ.version) == str(challenger_version)
+    if already:
+        return {"promoted": False, "reason": f"v{challenger_version} is already the champion",
+                "champion": str(champ.version), "challenger": str(challenger_version)}
+    champ_ndcg = float(champ.tags["ndcg_at_10"]) if champ is not None else None
     decision = promotion_decision(challenger_ndcg, teacher_ndcg, champ_ndcg, promotion.min_ndcg,
                                   promotion.min_ratio_to_teacher, promotion.tolerance_vs_champion)
-    if decision.promote and not already:
+    if decision.promote:
         if champ is not None:
-            MlflowClient().set_model_version_tag(name, challenger_version, "previous_champion", champ.version)
+            MlflowClient().set_model_version_tag(name, challenger_version, "previous_champion", str(champ.version))
         set_alias(name, "champion", challenger_version, paths)
     now = alias_version(name, "champion", paths)
-    return {"promoted": decision.promote, "reason": decision.reason, "champion": now.version if now else None,
-            "challenger": challenger_version}
+    return {"promoted": decision.promote, "reason": decision.reason,
+            "champion": str(now.version) if now else None, "challenger": str(challenger_version)}

@@ -94,11 +94,12 @@ def test_crash_in_a_late_stage_resumes_from_cache_and_warm_rerun_redoes_nothing(
     dep = summary["deploy"]
     assert dep["pairs_checked"] > 10 and dep["max_abs_diff"] <= 1e-4
     champion = alias_version(cfg.registered_model, "champion", paths())
-    assert champion is not None and summary["promotion"]["champion"] == champion.version
+    assert champion is not None and summary["promotion"]["champion"] == str(champion.version)
 
     calls.clear()
     again = daily_flywheel(cfg, DATE)
     assert calls == {}, f"a warm rerun recomputed {calls}"
-    assert again["promotion"]["champion"] == champion.version
+    assert again["promotion"]["champion"] == str(champion.version)
+    assert not again["promotion"]["promoted"] and "already the champion" in again["promotion"]["reason"]
     assert again["evaluation"] == summary["evaluation"]
     _assert_no_duplicate_rows(paths())

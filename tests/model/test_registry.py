@@ -28,10 +28,11 @@ def test_promote_gate_and_rollback(rung):
     assert not out["promoted"] and out["champion"] == v1 and "champion" in out["reason"]
     v3 = log_ranker(rung, {"ndcg@10": 0.85}, {"judge_version": "j"}, paths, name)["version"]
     assert promote_challenger(name, v3, 0.85, 0.86, cfg, paths)["champion"] == v3
-    assert promote_challenger(name, v3, 0.85, 0.86, cfg, paths)["champion"] == v3     # idempotent
+    again = promote_challenger(name, v3, 0.85, 0.86, cfg, paths)                      # idempotent
+    assert again["champion"] == v3 and not again["promoted"] and "already" in again["reason"]
     assert alias_version(name, "champion", paths).tags["previous_champion"] == v1
     assert rollback(name, paths) == v1
-    assert alias_version(name, "champion", paths).version == v1
+    assert str(alias_version(name, "champion", paths).version) == v1
 
 
 def test_registered_model_scores_like_the_checkpoint(rung):
