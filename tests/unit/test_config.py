@@ -1,0 +1,27 @@
+from pathlib import Path
+
+import pytest
+
+from flywheel.config import load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads_and_points_at_real_files(path):
+    cfg = load_config(path)
+    assert cfg.resolve(cfg.policy).exists() and cfg.resolve(cfg.golden).exists()
+    assert [r.name for r in cfg.ladder.rungs] == ["teacher", "mid", "student"]
+
+
+def test_production_config_names_the_reference_ladder():
+    rungs = load_config(ROOT / "configs" / "production.yaml").ladder.rungs
+    assert [r.checkpoint for r in rungs] == ["Qwen/Qwen2.5-7B-Instruct", "Qwen/Qwen3-1.7B", "Qwen/Qwen3-0.6B"]
+
+
+def test_config_errors_name_the_field(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("judge:\n  min_qwk: 3\nladder:\n  rungs: [{name: teacher}, {name: student}, {name: mid}]\n")
+    with pytest.raises(ValueError) as exc:
+        load_config(bad)
+    assert "judge.min_qwk" in str(exc.value) and "teacher, mid, student" in str(exc.value)
