@@ -39,6 +39,13 @@ def main():
     for split, h in s["human_ceiling"].items():
         print(f"{'one human vs the other raters, ' + split:48s} {h['loo_qwk']:6.3f} {'':13s} {'':8s} "
               f"{h['loo_exact']:6.3f} {h['loo_within_one']:6.3f} {h['n_rater_pairs']:5d}")
+    ka = s["test"]["krippendorff_alpha"]
+    print(f"Krippendorff's alpha (ordinal, test split): humans {ka['humans']:.3f}, "
+          f"humans + judge {ka['humans_plus_judge']:.3f}")
+    for dim, vals in s["test"]["slices"].items():
+        print(f"  {dim}: " + "; ".join(f"{k} n={v['n']} exact={v['exact']:.2f} ±1={v['within_one']:.2f}"
+                                        + (f" qwk={v['qwk']:.2f}" if v["qwk"] is not None else "")
+                                        for k, v in vals.items()))
     print(f"gate (min QWK {s['threshold']}): {s['gate']['reason']}")
 
 

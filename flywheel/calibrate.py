@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from flywheel import context
-from flywheel.calibration import agreement, bootstrap_ci, calibration_gate
+from flywheel.calibration import agreement, bootstrap_ci, calibration_gate, krippendorff_alpha, sliced_agreement
 from flywheel.config import FlywheelConfig
 from flywheel.features import FeatureExtractor
 from flywheel.golden import human_agreement, load_golden
@@ -78,6 +78,11 @@ def calibrate(cfg: FlywheelConfig, paths: Paths, progress=None) -> dict:
     bm25_test = bm25_judge.judge(test, ft[["bm25"]]).grade.to_numpy()
     baseline = _with_ci(bm25_test, test.aggregated_grade.to_numpy())
     gate = calibration_gate(metrics, cfg.judge.min_qwk)
+    test_labels = golden.labels[golden.labels.split == "test"]
+    judged = dict(zip(zip(test.query_id, test.doc_id), test_grades.grade.to_numpy()))
+    test_metrics["krippendorff_alpha"] = {"humans": krippendorff_alpha(test_labels),
+                                          "humans_plus_judge": krippendorff_alpha(test_labels, judged)}
+    test_metrics["slices"] = sliced_agreement(test_grades.grade.to_numpy(), test)
     disagreements = test.assign(judge_grade=test_grades.grade.to_numpy(), rationale=test_grades.rationale.to_numpy())
     disagreements["gap"] = (disagreements.judge_grade - disagreements.aggregated_grade).abs()
     worst = disagreements.sort_values("gap", ascending=False).head(15)[

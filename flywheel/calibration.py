@@ -94,3 +94,45 @@ def calibration_gate(metrics: dict, min_qwk: float, max_unparsed_rate: float = 0
         return GateDecision(False, f"judge agrees with humans at QWK {qwk:.3f}, below the threshold {min_qwk:.3f}: "
                                    f"bulk labelling is blocked until the judge or policy is improved")
     return GateDecision(True, f"QWK {qwk:.3f} ≥ threshold {min_qwk:.3f}")
+
+
+def krippendorff_alpha(labels, judge_grades=None, n_grades: int = 4) -> float:
+    """Ordinal Krippendorff's alpha over the golden pairs' raters (krippendorff package).
+
+    labels: one row per rater judgment (query_id, doc_id, grade). judge_grades: optional mapping
+    (query_id, doc_id) -> grade, added as one more rater on every pair it graded. Comparing alpha with and
+    without the judge says whether the judge behaves like one more human.
+    """
+    import krippendorff
+
+    counts = labels.pivot_table(index=["query_id", "doc_id"], columns="grade", values="rater_id", aggfunc="count",
+                                fill_value=0).reindex(columns=range(n_grades), fill_value=0)
+    if judge_grades is not None:
+        for key, g in judge_grades.items():
+            if key in counts.index and g is not None and g == g:
+                counts.loc[key, int(g)] += 1
+    return float(krippendorff.alpha(value_counts=counts.to_numpy(), level_of_measurement="ordinal"))
+
+
+def sliced_agreement(judge: np.ndarray, pairs) -> dict:
+    """Agreement per slice of the pairs: query length (words), document length (tertiles of characters) and
+    the human grade (rounded mean). Each slice: n, exact, within_one, and QWK where the slice has several
+    human grades."""
+    import pandas as pd
+
+    judge = np.asarray(judge, dtype=int)
+    human = np.asarray(pairs.aggregated_grade, dtype=float)
+    qlen = pairs["query"].str.split().str.len().clip(upper=3).map({1: "1 word", 2: "2 words", 3: "3+ words"})
+    dlen = pairs.title.str.len() + pairs.text.str.len()
+    dcut = pd.qcut(dlen.rank(method="first"), 3, labels=["short", "medium", "long"])
+    grade = pd.Series(np.clip(np.round(human), 0, 3).astype(int), index=pairs.index).map(lambda g: f"human {g}")
+    out: dict = {}
+    for dim, key in (("query_length", qlen), ("document_length", dcut), ("grade", grade)):
+        out[dim] = {}
+        for value in sorted(pd.unique(key.astype(str))):
+            m = (key.astype(str) == value).to_numpy()
+            a = agreement(judge[m], human[m])
+            out[dim][value] = {"n": int(m.sum()), "exact": a["exact"], "within_one": a["within_one"],
+                               "qwk": a["qwk"] if len(set(np.round(human[m]))) > 1 else None,
+                               "mean_judge_grade": float(judge[m].mean())}
+    return out

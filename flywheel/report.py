@@ -33,6 +33,16 @@ def tables(summary: dict) -> list[tuple[str, list[str], list[list]]]:
     if rows:
         out.append(("Judge agreement with human labels", ["who", "QWK", "QWK 95% CI", "Spearman", "exact",
                                                           "within one", "n"], rows))
+    test = cal.get("test") or {}
+    ka = test.get("krippendorff_alpha")
+    if ka:
+        out.append(("Krippendorff's alpha (ordinal), test split", ["raters", "alpha"],
+                    [["humans only", ka["humans"]], ["humans + the judge as one more rater", ka["humans_plus_judge"]]]))
+    if test.get("slices"):
+        out.append(("Judge agreement by slice, test split", ["slice", "value", "n", "QWK", "exact", "within one",
+                                                              "mean judge grade"],
+                    [[dim, k, v["n"], v["qwk"], v["exact"], v["within_one"], v["mean_judge_grade"]]
+                     for dim, vals in test["slices"].items() for k, v in vals.items()]))
     ev = (summary.get("evaluation") or {}).get("systems") or {}
     if ev:
         out.append(("Golden test split: NDCG@10, size, speed", ["system", "NDCG@10", "non-embedding params",

@@ -50,3 +50,36 @@ def test_gate_blocks_low_agreement_and_parse_failures():
     assert not low.passed and "below the threshold" in low.reason
     assert not calibration_gate({"qwk": 0.9, "unparsed_rate": 0.2}, 0.6).passed
     assert not calibration_gate({"qwk": float("nan")}, 0.6).passed
+
+
+def test_krippendorff_alpha_with_the_judge_as_one_more_rater():
+    import krippendorff
+    import pandas as pd
+
+    rows = [("q", d, r, g) for d, grades in enumerate([[0, 0, 1], [3, 3, 2], [1, 2, 1], [0, 1, 0]])
+            for r, g in enumerate(grades)]
+    labels = pd.DataFrame(rows, columns=["query_id", "doc_id", "rater_id", "grade"])
+    # reference: the same data as a raters x units reliability matrix
+    matrix = labels.pivot(index="rater_id", columns="doc_id", values="grade").to_numpy(dtype=float)
+    ref = krippendorff.alpha(reliability_data=matrix, level_of_measurement="ordinal", value_domain=[0, 1, 2, 3])
+    from flywheel.calibration import krippendorff_alpha
+
+    assert krippendorff_alpha(labels) == pytest.approx(ref, abs=1e-9)
+    good = {("q", 0): 0, ("q", 1): 3, ("q", 2): 1, ("q", 3): 0}
+    bad = {("q", 0): 3, ("q", 1): 0, ("q", 2): 3, ("q", 3): 3}
+    assert krippendorff_alpha(labels, good) > krippendorff_alpha(labels) > krippendorff_alpha(labels, bad)
+
+
+def test_slices_partition_the_pairs():
+    import pandas as pd
+
+    from flywheel.calibration import sliced_agreement
+
+    pairs = pd.DataFrame({"query": ["crime", "crime map", "a b c d", "x", "y y", "z"],
+                          "title": ["t"] * 6, "text": ["a" * n for n in (1, 50, 100, 150, 200, 250)],
+                          "aggregated_grade": [0, 1, 2, 3, 1.4, 2.6]})
+    s = sliced_agreement(np.array([0, 1, 2, 2, 1, 3]), pairs)
+    for dim in ("query_length", "document_length", "grade"):
+        assert sum(v["n"] for v in s[dim].values()) == 6
+    assert s["grade"]["human 3"]["exact"] == pytest.approx(0.5)
+    assert s["query_length"]["1 word"]["n"] == 3
