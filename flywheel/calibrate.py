@@ -50,7 +50,7 @@ def calibrate(cfg: FlywheelConfig, paths: Paths, progress=None) -> dict:
     ceiling = {s: human_agreement(golden.labels[golden.labels.split == s]) for s in ("calibration", "test")}
     if cfg.judge.backend == "openai":
         from flywheel.judge import OpenAIJudge
-        judge = OpenAIJudge(policy, cfg.judge.openai_model, cfg.judge.openai_base_url)
+        judge = OpenAIJudge(policy, cfg.judge.openai_model, cfg.judge.openai_base_url, settings=cfg.judge.online_settings())
         cj = judge.judge(calib)
         ok = cj.parse_status == "ok"
         metrics = _with_ci(cj.grade[ok].astype(int).to_numpy(), calib.aggregated_grade[ok].to_numpy())

@@ -16,6 +16,16 @@ from flywheel.settings import REPO_ROOT
 
 class JudgeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    def online_settings(self, commit_every: int = 32):
+        from flywheel.online import OnlineSettings
+
+        return OnlineSettings(max_in_flight=self.max_in_flight, requests_per_minute=self.requests_per_minute,
+                              tokens_per_minute=self.tokens_per_minute, timeout_s=self.timeout_s,
+                              max_retries=self.max_retries, budget_usd=self.daily_budget_usd,
+                              price_in_per_mtok=self.price_in_per_mtok, price_out_per_mtok=self.price_out_per_mtok,
+                              commit_every=commit_every)
+
     backend: Literal["offline", "openai"] = "offline"
     features: list[Literal["upr", "bm25", "cosine"]] = ["upr", "bm25", "cosine"]
     lm: Literal["gemma3-270m"] = "gemma3-270m"        # the LM behind the 'upr' feature
@@ -23,6 +33,15 @@ class JudgeConfig(BaseModel):
     openai_model: str = "gpt-4o-mini"
     openai_base_url: str | None = None                # any OpenAI-compatible endpoint; key from OPENAI_API_KEY
     min_qwk: float = Field(0.45, ge=-1, le=1)          # the calibration gate
+    # online labelling through the openai backend
+    max_in_flight: int = Field(16, ge=1, le=1024)
+    requests_per_minute: float | None = Field(None, gt=0)
+    tokens_per_minute: float | None = Field(None, gt=0)
+    timeout_s: float = Field(30.0, gt=0)
+    max_retries: int = Field(6, ge=0)
+    daily_budget_usd: float | None = Field(None, ge=0)
+    price_in_per_mtok: float = Field(0.15, ge=0)       # USD per million prompt tokens (gpt-4o-mini list price)
+    price_out_per_mtok: float = Field(0.60, ge=0)
     cv_folds: int = Field(2, ge=2, le=10)
 
 

@@ -63,7 +63,7 @@ def save_judge(judge: OfflineJudge, paths: Paths) -> Path:
 
 def load_judge(version: str, policy: Policy, cfg: FlywheelConfig, paths: Paths, progress=None):
     if cfg.judge.backend == "openai":
-        j = OpenAIJudge(policy, cfg.judge.openai_model, cfg.judge.openai_base_url)
+        j = OpenAIJudge(policy, cfg.judge.openai_model, cfg.judge.openai_base_url, settings=cfg.judge.online_settings())
     else:
         path = paths.home / "judges" / f"{version}.json"
         if not path.exists():

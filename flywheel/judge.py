@@ -147,24 +147,28 @@ class OfflineJudge:
 
 @dataclass
 class OpenAIJudge:
+    """An LLM behind any OpenAI-compatible endpoint. ``judge`` runs the online engine (flywheel.online):
+    concurrent requests, retries, repair; a pair that still fails is returned with parse_status "error"."""
     policy: Policy
     model: str
     base_url: str | None = None
     api_key_env: str = "OPENAI_API_KEY"
     max_repairs: int = 1
     temperature: float = 0.0
-    timeout_s: float = 60.0
+    settings: object = None            # flywheel.online.OnlineSettings
     backend: str = "openai"
 
     def __post_init__(self):
         import os
 
-        from openai import OpenAI
+        from flywheel.online import OnlineSettings
 
-        key = os.environ.get(self.api_key_env)
-        if not key:
+        self.api_key = os.environ.get(self.api_key_env)
+        if not self.api_key:
             raise RuntimeError(f"the openai judge backend needs an API key in ${self.api_key_env}")
-        self._client = OpenAI(base_url=self.base_url, api_key=key, timeout=self.timeout_s)
+        self.settings = self.settings or OnlineSettings()
+        self.settings.max_repairs = self.max_repairs
+        self.last_run: dict = {}
 
     @property
     def prompt_hash(self) -> str:
@@ -174,39 +178,27 @@ class OpenAIJudge:
     @property
     def version(self) -> str:
         return sha256_text(self.policy.version, self.backend, self.model, self.prompt_hash,
-                           str(self.temperature))[:16]
+                           str(self.temperature), str(self.settings.max_tokens))[:16]
 
-    def _ask(self, messages: list[dict]) -> tuple[str | None, str]:
-        resp = self._client.chat.completions.create(
-            model=self.model, messages=messages, temperature=self.temperature, max_tokens=300,
-            response_format={"type": "json_schema", "json_schema": {"name": "judgment", "schema": output_schema(self.policy)}})
-        choice = resp.choices[0]
-        if getattr(choice.message, "refusal", None):
-            return choice.message.refusal, "refused"
-        if choice.finish_reason == "length":
-            return choice.message.content, "truncated"
-        return choice.message.content, "ok"
+    def labeller(self):
+        from flywheel.online import OnlineLabeller
+
+        return OnlineLabeller(self.policy, self.model, self.base_url, self.api_key, self.settings, self.temperature)
 
     def judge(self, pairs: pd.DataFrame) -> pd.DataFrame:
-        sys = {"role": "system", "content": system_prompt(self.policy)}
-        out = []
-        for q, t, x in zip(pairs["query"], pairs.title, pairs.text):
-            messages = [sys, {"role": "user", "content": user_prompt(q, t, x)}]
-            status, obj, raw = "unparsed", None, None
-            for attempt in range(self.max_repairs + 1):
-                raw, finish = self._ask(messages)
-                if finish != "ok":
-                    status = finish
-                    break
-                status, obj = parse_reply(raw, self.policy)
-                if status == "ok":
-                    break
-                messages = messages + [{"role": "assistant", "content": raw or ""},
-                                       {"role": "user", "content": "That was not valid JSON matching the schema. "
-                                                                   "Reply with the JSON object only."}]
-            ok = status == "ok"
-            out.append({"grade": int(obj["grade"]) if ok else None, "score": float(obj["grade"]) if ok else None,
-                        "dimension_scores": json.dumps(obj.get("dimensions", {})) if ok else None,
-                        "rationale": str(obj.get("rationale", "")) if ok else None,
-                        "parse_status": status, "raw_response": raw})
-        return pd.DataFrame(out, index=pairs.index, columns=JUDGMENT_COLUMNS)
+        import asyncio
+
+        got: dict = {}
+        pairs = pairs.assign(query_id=pairs.get("query_id", pd.Series(range(len(pairs)), index=pairs.index)).astype(str),
+                             doc_hash=pairs.get("doc_hash", pd.Series("", index=pairs.index)).astype(str))
+        self.last_run = asyncio.run(self.labeller().run(pairs, lambda batch: got.update(batch)))
+        rows = []
+        for i, r in pairs.iterrows():
+            if i in got:
+                rows.append(got[i])
+            else:
+                reason = next((v for k, v in self.last_run["failures"].items()
+                               if k == f"{r['query_id']}/{r['doc_hash'][:12]}"), "not judged")
+                rows.append({"grade": None, "score": None, "dimension_scores": None, "rationale": None,
+                             "parse_status": "error", "raw_response": reason})
+        return pd.DataFrame(rows, index=pairs.index, columns=JUDGMENT_COLUMNS)

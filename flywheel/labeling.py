@@ -70,11 +70,8 @@ def label_candidates(date: str, calibration: dict, cfg: FlywheelConfig, paths: P
     todo = pending_pairs(date, judge.version, paths)
     run_id = run_id or uuid.uuid4().hex[:12]
     counts = {"pending": int(len(todo)), "labelled": 0}
-    for b, s in enumerate(range(0, len(todo), batch_size)):
-        if fail_after_batches is not None and b >= fail_after_batches:
-            raise RuntimeError(f"injected failure after {b} committed label batch(es)")
-        part = todo.iloc[s:s + batch_size]
-        j = judge.judge(part)
+
+    def commit(part: pd.DataFrame, j: pd.DataFrame) -> None:
         rows = part[["query_id", "doc_id", "doc_hash"]].assign(
             date=date, policy_hash=policy.version, judge_backend=judge.backend, judge_model=judge.model,
             prompt_hash=judge.prompt_hash, judge_version=judge.version, run_id=run_id,
@@ -83,8 +80,27 @@ def label_candidates(date: str, calibration: dict, cfg: FlywheelConfig, paths: P
         rows["grade"] = rows.grade.astype("Int8")
         lk.write("judge_labels", rows, date=date)
         counts["labelled"] += len(rows)
-        if progress:
-            progress(len(rows))
+
+    if judge.backend == "openai":
+        import asyncio
+
+        def commit_batch(batch):
+            if fail_after_batches is not None and counts.get("batches", 0) >= fail_after_batches:
+                raise RuntimeError(f"injected failure after {counts['batches']} committed label batch(es)")
+            idx = [i for i, _ in batch]
+            commit(todo.loc[idx], pd.DataFrame([j for _, j in batch], index=idx))
+            counts["batches"] = counts.get("batches", 0) + 1
+
+        judge.settings.commit_every = batch_size
+        counts["online"] = asyncio.run(judge.labeller().run(todo, commit_batch, progress))
+    else:
+        for b, s in enumerate(range(0, len(todo), batch_size)):
+            if fail_after_batches is not None and b >= fail_after_batches:
+                raise RuntimeError(f"injected failure after {b} committed label batch(es)")
+            part = todo.iloc[s:s + batch_size]
+            commit(part, judge.judge(part))
+            if progress:
+                progress(len(part))
     day = lk.read("judge_labels", date)
     day = day[day.judge_version == judge.version]
     counts.update({

@@ -1,36 +1,99 @@
-"""A local OpenAI-compatible chat-completions server for tests: replies come from a script (a function of the
-request), so tests can inject malformed JSON, refusals and truncation."""
+"""A local OpenAI-compatible chat-completions server for tests and benchmarks.
+
+Replies come from ``reply(request_json, n_call) -> (content, finish_reason, refusal)``; the default grades a
+pair by how many query words the document contains, deterministically. Faults can be injected: latency,
+a share of requests failing transiently (429 with retry-after, 500, or a stall past the client's timeout).
+Run in a thread (tests) or as its own process (benchmarks: ``python tests/openai_stub.py --port P ...``).
+"""
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import json
+import random
+import re
 import socket
 import threading
 import time
+from collections import Counter
 
 import uvicorn
 from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+
+def overlap_reply(body: dict, n: int):
+    user = body["messages"][1]["content"] if len(body["messages"]) > 1 else ""
+    q = json.loads(re.search(r"Query: (\".*?\")\n", user).group(1)) if "Query:" in user else ""
+    doc = user.split("<document>", 1)[-1].lower()
+    hits = sum(1 for w in set(q.lower().split()) if w in doc)
+    grade = min(3, hits)
+    return json.dumps({"grade": grade, "dimensions": {"topical_match": grade}, "rationale": f"{hits} words"}), "stop", None
+
+
+def build_app(reply=overlap_reply, latency: float = 0.0, fail_rate: float = 0.0, stall_s: float = 5.0,
+              seed: int = 0, stats: dict | None = None) -> FastAPI:
+    app = FastAPI()
+    rng = random.Random(seed)
+    stats = stats if stats is not None else {}
+    stats.setdefault("calls", 0)
+    stats.setdefault("per_pair", Counter())
+    stats.setdefault("faults", Counter())
+
+    @app.post("/v1/chat/completions")
+    async def chat(req: Request):
+        body = await req.json()
+        stats["calls"] += 1
+        n = stats["calls"]
+        stats["per_pair"][body["messages"][1]["content"] if len(body["messages"]) > 1 else ""] += 1
+        stats.setdefault("last", body)
+        if latency:
+            await asyncio.sleep(latency)
+        if fail_rate and rng.random() < fail_rate:
+            kind = rng.choice(["429", "500", "stall"])
+            stats["faults"][kind] += 1
+            if kind == "429":
+                return JSONResponse({"error": {"message": "rate limited", "type": "rate_limit"}}, status_code=429,
+                                    headers={"retry-after": "0.05"})
+            if kind == "500":
+                return JSONResponse({"error": {"message": "boom", "type": "server_error"}}, status_code=500)
+            await asyncio.sleep(stall_s)
+        content, finish, refusal = reply(body, n)
+        prompt_tokens = sum(len(m.get("content") or "") for m in body["messages"]) // 4
+        return {"id": f"c{n}", "object": "chat.completion", "created": int(time.time()), "model": body["model"],
+                "choices": [{"index": 0, "finish_reason": finish,
+                             "message": {"role": "assistant", "content": content, "refusal": refusal}}],
+                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": len(content or "") // 4,
+                          "total_tokens": prompt_tokens + len(content or "") // 4}}
+
+    @app.get("/stats")
+    def get_stats():
+        return {"calls": stats["calls"], "faults": dict(stats["faults"]),
+                "max_requests_per_pair": max(stats["per_pair"].values(), default=0)}
+
+    return app
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 class StubServer:
-    def __init__(self, reply):
-        """reply(request_json, n_call) -> (content, finish_reason, refusal)"""
-        self.reply, self.calls = reply, []
-        app = FastAPI()
+    """In-thread server: ``with StubServer(...) as s: s.base_url``; ``s.calls`` lists the request bodies."""
 
-        @app.post("/v1/chat/completions")
-        async def chat(req: Request):
-            body = await req.json()
+    def __init__(self, reply=overlap_reply, **faults):
+        self.calls: list = []
+
+        def recording(body, n):
             self.calls.append(body)
-            content, finish, refusal = self.reply(body, len(self.calls))
-            return {"id": f"c{len(self.calls)}", "object": "chat.completion", "created": int(time.time()),
-                    "model": body["model"],
-                    "choices": [{"index": 0, "finish_reason": finish,
-                                 "message": {"role": "assistant", "content": content, "refusal": refusal}}],
-                    "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}}
+            return reply(body, n)
 
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        self.stats: dict = {}
+        self.port = free_port()
+        app = build_app(recording, stats=self.stats, **faults)
         self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error"))
         self._thread = threading.Thread(target=self._server.run, daemon=True)
 
@@ -47,3 +110,14 @@ class StubServer:
     def __exit__(self, *exc):
         self._server.should_exit = True
         self._thread.join(timeout=10)
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--latency", type=float, default=0.0)
+    ap.add_argument("--fail-rate", type=float, default=0.0)
+    ap.add_argument("--stall", type=float, default=5.0)
+    a = ap.parse_args()
+    uvicorn.run(build_app(latency=a.latency, fail_rate=a.fail_rate, stall_s=a.stall), host="127.0.0.1",
+                port=a.port, log_level="error")

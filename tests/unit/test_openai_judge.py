@@ -42,6 +42,7 @@ def test_statuses_and_repair(monkeypatch):
     assert first["response_format"]["type"] == "json_schema"
     assert first["messages"][0]["role"] == "system" and "Grade scale" in first["messages"][0]["content"]
     assert len(server.calls) == 5                            # one repair for "budget" only
+    assert judge.last_run["requests"] == 5 and judge.last_run["prompt_tokens"] > 0
 
 
 def test_persistent_garbage_is_unparsed_after_bounded_retries(monkeypatch):
