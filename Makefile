@@ -6,12 +6,13 @@ STAMP := $(VENV)/.installed
 PY := $(VENV)/bin/python
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test test-fast lock serve ui-prefect ui-mlflow clean-home help
+.PHONY: demo test test-fast lock serve ui-prefect ui-mlflow clean-home help judge-gate-llm
 
 help:
 	@echo "make demo   - run the whole daily flywheel offline on the bundled data (about 12 min cold, 1 min warm)"
 	@echo "make test   - run the whole test suite"
 	@echo "make serve  - serve models:/flywheel-ranker@champion on 127.0.0.1:8765"
+	@echo "make judge-gate-llm - calibrate SmolLM2-135M behind llama.cpp's OpenAI server; the gate blocks it"
 	@echo "make ui-mlflow / ui-prefect - open the MLflow / Prefect UIs on the flywheel home"
 
 $(STAMP): requirements.lock pyproject.toml
@@ -28,6 +29,10 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow"
+
+# The calibration gate refusing a real small LLM served by llama.cpp (builds llama-cpp-python: ~6 min once).
+judge-gate-llm: $(STAMP)
+	mkdir -p .flywheel && bash bench/judge_gate_llm.sh
 
 serve: $(STAMP)
 	$(VENV)/bin/flywheel serve

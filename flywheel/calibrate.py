@@ -52,9 +52,12 @@ def calibrate(cfg: FlywheelConfig, paths: Paths, progress=None) -> dict:
         from flywheel.judge import OpenAIJudge
         judge = OpenAIJudge(policy, cfg.judge.openai_model, cfg.judge.openai_base_url, settings=cfg.judge.online_settings())
         cj = judge.judge(calib)
-        ok = cj.parse_status == "ok"
-        metrics = _with_ci(cj.grade[ok].astype(int).to_numpy(), calib.aggregated_grade[ok].to_numpy())
+        ok = (cj.parse_status == "ok").to_numpy()
+        metrics = (_with_ci(cj.grade[ok].astype(int).to_numpy(), calib.aggregated_grade[ok].to_numpy()) if ok.any()
+                   else {"qwk": float("nan"), "n": 0})
         metrics["unparsed_rate"] = float(1 - ok.mean())
+        metrics["status"] = cj.parse_status.value_counts().to_dict()
+        metrics["usage"] = {k: v for k, v in judge.last_run.items() if k != "failures"}
         gate = calibration_gate(metrics, cfg.judge.min_qwk)
         return {"judge_version": judge.version, "backend": "openai", "model": judge.model,
                 "policy_version": policy.version, "calibration": metrics, "human_ceiling": ceiling,

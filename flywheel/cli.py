@@ -34,6 +34,26 @@ def run(config: str = typer.Option("configs/demo.yaml", help="flywheel config (s
     raise typer.Exit(subprocess.call(args, cwd=REPO_ROOT))
 
 
+@app.command()
+def calibrate(config: str = typer.Option("configs/demo.yaml", help="flywheel config: its judge and policy"),
+              output: Optional[Path] = typer.Option(None, help="also write the full summary as JSON here")):
+    """Calibrate the configured judge on the golden set and apply the gate (exit code 3 when it blocks)."""
+    paths = configure_environment()
+    from flywheel.calibrate import calibrate as _calibrate
+    from flywheel.config import load_config
+    from flywheel.context import lake
+    from flywheel.ingest import seed_golden
+    from flywheel.report import calibration_text
+
+    cfg = load_config(config)
+    seed_golden(cfg.resolve(cfg.golden), lake(paths))
+    summary = _calibrate(cfg, paths)
+    typer.echo(calibration_text(summary))
+    if output:
+        output.write_text(json.dumps(summary, indent=2, default=str))
+    raise typer.Exit(0 if summary["gate"]["passed"] else 3)
+
+
 @import_app.command("beir")
 def import_beir(directory: Path = typer.Argument(..., help="folder with corpus.jsonl, queries.jsonl, qrels/*.tsv"),
                 name: Optional[str] = typer.Option(None, help="dataset name used to prefix ids (default: folder name)")):

@@ -24,7 +24,8 @@ class JudgeConfig(BaseModel):
                               tokens_per_minute=self.tokens_per_minute, timeout_s=self.timeout_s,
                               max_retries=self.max_retries, budget_usd=self.daily_budget_usd,
                               price_in_per_mtok=self.price_in_per_mtok, price_out_per_mtok=self.price_out_per_mtok,
-                              commit_every=commit_every)
+                              commit_every=commit_every, response_format=self.response_format,
+                              logprobs=self.logprobs)
 
     backend: Literal["offline", "openai"] = "offline"
     features: list[Literal["upr", "bm25", "cosine"]] = ["upr", "bm25", "cosine"]
@@ -42,6 +43,8 @@ class JudgeConfig(BaseModel):
     daily_budget_usd: float | None = Field(None, ge=0)
     price_in_per_mtok: float = Field(0.15, ge=0)       # USD per million prompt tokens (gpt-4o-mini list price)
     price_out_per_mtok: float = Field(0.60, ge=0)
+    response_format: Literal["json_schema", "json_object", "json_object_schema"] = "json_schema"
+    logprobs: bool = False
     cv_folds: int = Field(2, ge=2, le=10)
 
 

@@ -178,7 +178,8 @@ class OpenAIJudge:
     @property
     def version(self) -> str:
         return sha256_text(self.policy.version, self.backend, self.model, self.prompt_hash,
-                           str(self.temperature), str(self.settings.max_tokens))[:16]
+                           str(self.temperature), str(self.settings.max_tokens), self.settings.response_format,
+                           str(self.settings.logprobs))[:16]
 
     def labeller(self):
         from flywheel.online import OnlineLabeller

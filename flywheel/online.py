@@ -43,7 +43,10 @@ class OnlineSettings:
     budget_usd: float | None = None
     price_in_per_mtok: float = 0.15     # USD per million prompt tokens
     price_out_per_mtok: float = 0.60    # USD per million completion tokens
-    json_schema: bool = True            # response_format json_schema; False: json_object (JSON mode)
+    # "json_schema" (OpenAI structured outputs), "json_object" (plain JSON mode), or "json_object_schema"
+    # (JSON mode carrying the schema: llama.cpp's server extension, which rejects "json_schema")
+    response_format: str = "json_schema"
+    logprobs: bool = False              # ask for top log-probabilities to record the grade distribution
 
 
 @dataclass
@@ -85,6 +88,32 @@ class TokenBucket:
             await asyncio.sleep((amount - self.level) / self.rate)
 
 
+def grade_distribution(choice, max_grade: int) -> dict[int, float] | None:
+    """P(grade) from the top log-probabilities at the token that carries the grade digit.
+
+    Finds the first content token after the text '"grade"' that is a digit on the scale, renormalises the
+    probabilities of the scale's digits among that position's alternatives. None when the endpoint returned
+    no log-probabilities or the digit is not found.
+    """
+    import math
+
+    content = getattr(getattr(choice, "logprobs", None), "content", None)
+    if not content:
+        return None
+    text = ""
+    for tok in content:
+        if '"grade"' in text and tok.token.strip().isdigit():
+            probs = {}
+            for alt in (tok.top_logprobs or []) + [tok]:
+                t = alt.token.strip()
+                if t.isdigit() and 0 <= int(t) <= max_grade:
+                    probs[int(t)] = max(probs.get(int(t), 0.0), math.exp(alt.logprob))
+            total = sum(probs.values())
+            return {g: p / total for g, p in sorted(probs.items())} if total else None
+        text += tok.token
+    return None
+
+
 def _retry_after(exc) -> float | None:
     resp = getattr(exc, "response", None)
     if resp is None:
@@ -103,8 +132,12 @@ class OnlineLabeller:
         self.s, self.temperature = settings, temperature
         self.system = {"role": "system", "content": system_prompt(policy)}
         schema = output_schema(policy)
-        self.response_format = ({"type": "json_schema", "json_schema": {"name": "judgment", "schema": schema}}
-                                if settings.json_schema else {"type": "json_object"})
+        formats = {"json_schema": {"type": "json_schema", "json_schema": {"name": "judgment", "schema": schema}},
+                   "json_object": {"type": "json_object"},
+                   "json_object_schema": {"type": "json_object", "schema": schema}}
+        if settings.response_format not in formats:
+            raise ValueError(f"response_format must be one of {sorted(formats)}, not {settings.response_format!r}")
+        self.response_format = formats[settings.response_format]
 
     async def _request(self, client, messages, usage: Usage, rpm: TokenBucket, tpm: TokenBucket):
         import openai
@@ -119,9 +152,11 @@ class OnlineLabeller:
                 # The body is already plain JSON: posting it through the client's low-level ``post`` (same auth,
                 # errors and response model) skips ``chat.completions.create``'s per-call parameter transform,
                 # which was 60% of the client's CPU per request (bench/labeling.py, cProfile).
-                resp = await client.post("/chat/completions", cast_to=ChatCompletion, body={
-                    "model": self.model, "messages": messages, "temperature": self.temperature,
-                    "max_tokens": self.s.max_tokens, "response_format": self.response_format})
+                body = {"model": self.model, "messages": messages, "temperature": self.temperature,
+                        "max_tokens": self.s.max_tokens, "response_format": self.response_format}
+                if self.s.logprobs:
+                    body.update(logprobs=True, top_logprobs=5)
+                resp = await client.post("/chat/completions", cast_to=ChatCompletion, body=body)
                 usage.add(resp.usage, self.s)
                 return resp
             except openai.APIError as exc:
@@ -153,8 +188,14 @@ class OnlineLabeller:
                                    {"role": "user", "content": "That was not valid JSON matching the schema. "
                                                                "Reply with the JSON object only."}]
         ok = status == "ok"
-        return {"grade": int(obj["grade"]) if ok else None, "score": float(obj["grade"]) if ok else None,
-                "dimension_scores": json.dumps(obj.get("dimensions", {})) if ok else None,
+        dist = grade_distribution(choice, self.policy.max_grade) if ok and self.s.logprobs else None
+        expected = sum(g * p for g, p in dist.items()) if dist else None
+        dims = dict(obj.get("dimensions", {})) if ok else {}
+        if dist:
+            dims["_grade_distribution"] = {str(g): round(p, 4) for g, p in dist.items()}
+        return {"grade": int(obj["grade"]) if ok else None,
+                "score": (expected if expected is not None else float(obj["grade"])) if ok else None,
+                "dimension_scores": json.dumps(dims) if ok else None,
                 "rationale": str(obj.get("rationale", "")) if ok else None,
                 "parse_status": status, "raw_response": raw}
 

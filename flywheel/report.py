@@ -87,3 +87,33 @@ def write_report(summary: dict, paths: Paths) -> Path:
         tmp.write_text(page)
         os.replace(tmp, target)
     return out
+
+
+def calibration_text(s: dict) -> str:
+    """A plain-text table of a calibration summary, for terminals and benchmarks."""
+    lines = [f"judge {s['judge_version']} ({s['backend']}: {s['model']}), policy {s['policy_version']}",
+             f"{'who':48s} {'QWK':>6s} {'95% CI':>13s} {'Spearman':>8s} {'exact':>6s} {'±1':>6s} {'n':>5s}"]
+    for label, key in (("judge, calibration split" + (" (2-fold CV by query)" if s["backend"] == "offline" else ""),
+                        "calibration"), ("judge, test split", "test"),
+                       ("BM25 + fitted cut-points, test split", "bm25_baseline_test")):
+        m = s.get(key)
+        if m:
+            lines.append(f"{label:48s} {m['qwk']:6.3f} {m['qwk_ci95'][0]:6.3f}–{m['qwk_ci95'][1]:5.3f} "
+                         f"{m['spearman']:8.3f} {m['exact']:6.3f} {m['within_one']:6.3f} {m['n']:5d}")
+    for split, h in s["human_ceiling"].items():
+        lines.append(f"{'one human vs the other raters, ' + split:48s} {h['loo_qwk']:6.3f} {'':13s} {'':8s} "
+                     f"{h['loo_exact']:6.3f} {h['loo_within_one']:6.3f} {h['n_rater_pairs']:5d}")
+    cal = s.get("calibration") or {}
+    if "unparsed_rate" in cal:
+        lines.append(f"replies that did not parse or failed: {cal['unparsed_rate']:.1%}")
+    ka = (s.get("test") or {}).get("krippendorff_alpha")
+    if ka:
+        lines.append(f"Krippendorff's alpha (ordinal, test split): humans {ka['humans']:.3f}, "
+                     f"humans + judge {ka['humans_plus_judge']:.3f}")
+    for dim, vals in ((s.get("test") or {}).get("slices") or {}).items():
+        lines.append(f"  {dim}: " + "; ".join(
+            f"{k} n={v['n']} exact={v['exact']:.2f} ±1={v['within_one']:.2f}"
+            + (f" qwk={v['qwk']:.2f}" if v["qwk"] is not None else "") for k, v in vals.items()))
+    lines.append(f"gate (min QWK {s['threshold']}): {'PASSED' if s['gate']['passed'] else 'BLOCKED'} — "
+                 f"{s['gate']['reason']}")
+    return "\n".join(lines)

@@ -32,6 +32,24 @@ def overlap_reply(body: dict, n: int):
     return json.dumps({"grade": grade, "dimensions": {"topical_match": grade}, "rationale": f"{hits} words"}), "stop", None
 
 
+def _logprobs(content: str) -> dict:
+    """Token log-probabilities for a reply: every digit is its own token; the grade digit gets 70% of the
+    mass, its neighbours share the rest (a judge that is fairly sure)."""
+    import math
+
+    tokens = re.findall(r"\d|[^\d]+", content)
+    out = []
+    for t in tokens:
+        entry = {"token": t, "logprob": -0.01, "bytes": None, "top_logprobs": []}
+        if t.isdigit():
+            g = int(t)
+            alts = {g: 0.7} | {a: 0.3 / len(n) for n in [[x for x in (g - 1, g + 1) if 0 <= x <= 3]] for a in n}
+            entry["logprob"] = math.log(0.7)
+            entry["top_logprobs"] = [{"token": str(a), "logprob": math.log(p), "bytes": None} for a, p in alts.items()]
+        out.append(entry)
+    return {"content": out, "refusal": None}
+
+
 def build_app(reply=overlap_reply, latency: float = 0.0, fail_rate: float = 0.0, stall_s: float = 5.0,
               seed: int = 0, stats: dict | None = None) -> FastAPI:
     app = FastAPI()
@@ -60,9 +78,10 @@ def build_app(reply=overlap_reply, latency: float = 0.0, fail_rate: float = 0.0,
                 return JSONResponse({"error": {"message": "boom", "type": "server_error"}}, status_code=500)
             await asyncio.sleep(stall_s)
         content, finish, refusal = reply(body, n)
+        logprobs = _logprobs(content) if body.get("logprobs") and content else None
         prompt_tokens = sum(len(m.get("content") or "") for m in body["messages"]) // 4
         return {"id": f"c{n}", "object": "chat.completion", "created": int(time.time()), "model": body["model"],
-                "choices": [{"index": 0, "finish_reason": finish,
+                "choices": [{"index": 0, "finish_reason": finish, "logprobs": logprobs,
                              "message": {"role": "assistant", "content": content, "refusal": refusal}}],
                 "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": len(content or "") // 4,
                           "total_tokens": prompt_tokens + len(content or "") // 4}}

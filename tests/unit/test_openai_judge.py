@@ -73,3 +73,19 @@ def test_gate_refuses_a_judge_that_agrees_at_chance(monkeypatch, tmp_path):
     assert summary["backend"] == "openai"
     assert summary["calibration"]["qwk"] == pytest.approx(0.0, abs=1e-9)
     assert not summary["gate"]["passed"] and "below the threshold" in summary["gate"]["reason"]
+
+
+def test_grade_distribution_from_logprobs(monkeypatch):
+    from flywheel.online import OnlineSettings
+
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+    with StubServer() as server:   # default reply: grade = number of query words found in the document
+        judge = OpenAIJudge(POLICY, "stub-model", server.base_url,
+                            settings=OnlineSettings(logprobs=True, response_format="json_object_schema"))
+        out = judge.judge(PAIRS.head(2).assign(title=["Crime", "Parks"], text=["incidents", "no match"]))
+        sent = server.calls[0]
+    assert sent["logprobs"] is True and sent["response_format"] == {"type": "json_object", "schema": sent["response_format"]["schema"]}
+    dims = json.loads(out.dimension_scores[0])
+    assert out.grade.tolist() == [1, 0]
+    assert dims["_grade_distribution"] == {"0": 0.15, "1": 0.7, "2": 0.15}
+    assert out.score[0] == pytest.approx(1.0) and out.score[1] == pytest.approx(0.3 / 1 * 1)   # 0.7·0 + 0.3·1
