@@ -36,6 +36,14 @@ def _cv_grades(policy, ext, pairs, feats, y, k) -> np.ndarray:
     return out
 
 
+def _grades(pairs: pd.DataFrame, judged: pd.DataFrame) -> list[dict]:
+    """Per-pair judge grades on the golden set (for policy impact previews)."""
+    return [{"query_id": q, "doc_id": d, "query": qt, "title": t, "split": s, "human": float(h),
+             "grade": None if pd.isna(g) else int(g), "status": st}
+            for q, d, qt, t, s, h, g, st in zip(pairs.query_id, pairs.doc_id, pairs["query"], pairs.title, pairs.split,
+                                               pairs.aggregated_grade, judged.grade, judged.parse_status)]
+
+
 def _with_ci(judge_grades, human_mean) -> dict:
     m = agreement(judge_grades, human_mean)
     m["qwk_ci95"] = bootstrap_ci(judge_grades, human_mean, "qwk")
@@ -59,9 +67,17 @@ def calibrate(cfg: FlywheelConfig, paths: Paths, progress=None) -> dict:
         metrics["status"] = cj.parse_status.value_counts().to_dict()
         metrics["usage"] = {k: v for k, v in judge.last_run.items() if k != "failures"}
         gate = calibration_gate(metrics, cfg.judge.min_qwk)
-        return {"judge_version": judge.version, "backend": "openai", "model": judge.model,
-                "policy_version": policy.version, "calibration": metrics, "human_ceiling": ceiling,
-                "gate": {"passed": gate.passed, "reason": gate.reason}, "threshold": cfg.judge.min_qwk}
+        out = {"judge_version": judge.version, "backend": "openai", "model": judge.model,
+               "policy_version": policy.version, "calibration": metrics, "human_ceiling": ceiling,
+               "gate": {"passed": gate.passed, "reason": gate.reason}, "threshold": cfg.judge.min_qwk,
+               "golden_grades": _grades(calib, cj)}
+        if cfg.judge.judge_test_split:
+            tj = judge.judge(test)
+            tok = (tj.parse_status == "ok").to_numpy()
+            if tok.any():
+                out["test"] = _with_ci(tj.grade[tok].astype(int).to_numpy(), test.aggregated_grade[tok].to_numpy())
+            out["golden_grades"] += _grades(test, tj)
+        return out
 
     ext = context.extractor(cfg, paths, progress)
     both = pd.concat([calib, test], ignore_index=True)
@@ -97,5 +113,7 @@ def calibrate(cfg: FlywheelConfig, paths: Paths, progress=None) -> dict:
         "calibration": metrics, "test": test_metrics, "bm25_baseline_test": baseline, "human_ceiling": ceiling,
         "gate": {"passed": gate.passed, "reason": gate.reason}, "threshold": cfg.judge.min_qwk,
         "worst_disagreements": worst.to_dict("records"),
+        "golden_grades": _grades(calib, pd.DataFrame({"grade": cv, "parse_status": "ok"}, index=calib.index))
+        + _grades(test, test_grades),
         "golden_hash": golden.content_hash,
     }

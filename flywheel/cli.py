@@ -88,6 +88,33 @@ def policy_check(file: Path):
                f"{len(p.dimensions)} dimensions, {len(p.examples)} examples")
 
 
+@policy_app.command("diff")
+def policy_diff(old: Path, new: Path,
+                config: str = typer.Option("configs/demo.yaml", help="whose judge previews the change"),
+                show: int = typer.Option(20, help="how many changed pairs to list")):
+    """Impact preview: judge the golden set under both policies; agreement before/after, every grade change."""
+    paths = configure_environment()
+    from flywheel.config import load_config
+    from flywheel.context import lake
+    from flywheel.ingest import seed_golden
+    from flywheel.policy_diff import policy_impact
+
+    cfg = load_config(config)
+    seed_golden(cfg.resolve(cfg.golden), lake(paths))
+    r = policy_impact(old, new, cfg, paths)
+    typer.echo("What changed:\n  " + "\n  ".join(r["changes"]))
+    typer.echo(f"judge versions: {r['judge_versions']['old']} -> {r['judge_versions']['new']}")
+    typer.echo(f"{'agreement':22s} {'QWK':>6s} {'exact':>6s} {'±1':>6s} {'n':>5s}")
+    for k, m in r["agreement"].items():
+        typer.echo(f"{k:22s} {m['qwk']:6.3f} {m['exact']:6.3f} {m['within_one']:6.3f} {m['n']:5d}")
+    typer.echo(f"gate: old {'passes' if r['gate']['old']['passed'] else 'BLOCKS'}, "
+               f"new {'passes' if r['gate']['new']['passed'] else 'BLOCKS'}")
+    typer.echo(f"{len(r['changed_pairs'])} golden pair(s) change grade" + (":" if r["changed_pairs"] else ""))
+    for c in r["changed_pairs"][:show]:
+        typer.echo(f"  [{c['split']}] {c['query']!r} / {c['title'][:50]!r}: {c['old']} -> {c['new']} "
+                   f"(humans {c['human']:.2f})")
+
+
 @golden_app.command("build")
 def golden_build(source: Path = typer.Argument(REPO_ROOT.parent / "shared" / "datasets" / "socrata_arcs"),
                  out: Path = typer.Option(REPO_ROOT / "golden_data" / "socrata")):

@@ -43,9 +43,12 @@ def lm_path(cfg: FlywheelConfig, paths: Paths) -> Path | None:
 
 
 def extractor(cfg: FlywheelConfig, paths: Paths, progress=None) -> FeatureExtractor:
+    from flywheel.policy import load_policy
+
+    fields = tuple(load_policy(cfg.resolve(cfg.policy)).document_fields)
     return FeatureExtractor(retriever(paths), cfg.judge.features, lm_path(cfg, paths),
                             cache_dir=paths.home / "cache", max_doc_tokens=cfg.judge.max_doc_tokens,
-                            progress=progress)
+                            progress=progress, fields=fields)
 
 
 def save_judge(judge: OfflineJudge, paths: Paths) -> Path:

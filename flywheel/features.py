@@ -45,7 +45,8 @@ class FeatureExtractor:
     """Computes the judge's features for pairs (columns: query, doc_id, doc_hash, title, text)."""
 
     def __init__(self, retriever: HybridRetriever, features=FEATURES_ALL, lm_path: str | Path | None = None,
-                 cache_dir: str | Path | None = None, max_doc_tokens: int = 96, progress=None):
+                 cache_dir: str | Path | None = None, max_doc_tokens: int = 96, progress=None,
+                 fields: tuple[str, ...] = ("title", "text")):
         unknown = set(features) - set(FEATURES_ALL)
         if unknown:
             raise ValueError(f"unknown judge feature(s) {sorted(unknown)}; choose from {FEATURES_ALL}")
@@ -53,7 +54,9 @@ class FeatureExtractor:
             raise ValueError("feature 'upr' needs lm_path (a causal LM checkpoint)")
         self.retriever, self.features = retriever, tuple(features)
         self.lm_path, self.max_doc_tokens, self.progress = lm_path, max_doc_tokens, progress
-        self.tag = sha256_text(str(Path(lm_path).name) if lm_path else "", str(max_doc_tokens), "upr-v1")[:12]
+        self.fields = tuple(fields)   # the policy's document_fields: what the LM reads of each document
+        self.tag = sha256_text(str(Path(lm_path).name) if lm_path else "", str(max_doc_tokens), "upr-v1",
+                               *([] if self.fields == ("title", "text") else self.fields))[:12]
         self.cache = UprCache(Path(cache_dir) / f"upr-{self.tag}.parquet") if (cache_dir and lm_path) else None
         self._scorer = None
 
@@ -71,7 +74,8 @@ class FeatureExtractor:
             for s in range(0, len(todo), 128):
                 part = sub.iloc[s:s + 128]
                 vals = self._scorer.score(part["query"].tolist(),
-                                          [doc_text(t, x) for t, x in zip(part.title, part.text)],
+                                          [doc_text(t, x if "text" in self.fields else "")
+                                           for t, x in zip(part.title, part.text)],
                                           progress=self.progress)
                 batch = {keys[todo[s + j]]: v for j, v in enumerate(vals)}
                 new.update(batch)

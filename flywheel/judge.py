@@ -48,9 +48,11 @@ def system_prompt(policy: Policy) -> str:
             'Reply with JSON only: {"grade": int, "dimensions": {name: int}, "rationale": "one sentence"}.')
 
 
-def user_prompt(query: str, title: str, text: str) -> str:
+def user_prompt(query: str, title: str, text: str, fields=("title", "text")) -> str:
     # The document is quoted data between delimiters: instructions inside it are not instructions to the judge.
-    return f"Query: {json.dumps(query)}\n<document>\n{json.dumps({'title': title, 'text': text})}\n</document>"
+    # Only the fields the policy says matter are shown.
+    doc = {k: v for k, v in (("title", title), ("text", text)) if k in fields}
+    return f"Query: {json.dumps(query)}\n<document>\n{json.dumps(doc)}\n</document>"
 
 
 def output_schema(policy: Policy) -> dict:
@@ -172,7 +174,7 @@ class OpenAIJudge:
 
     @property
     def prompt_hash(self) -> str:
-        return sha256_text(system_prompt(self.policy), user_prompt("{q}", "{t}", "{x}"),
+        return sha256_text(system_prompt(self.policy), user_prompt("{q}", "{t}", "{x}", self.policy.document_fields),
                            json.dumps(output_schema(self.policy)))[:16]
 
     @property

@@ -169,7 +169,8 @@ class OnlineLabeller:
                 await asyncio.sleep(wait)
 
     async def _judge_pair(self, client, row, usage, rpm, tpm) -> dict:
-        messages = [self.system, {"role": "user", "content": user_prompt(row["query"], row["title"], row["text"])}]
+        messages = [self.system, {"role": "user", "content": user_prompt(row["query"], row["title"], row["text"],
+                                                            self.policy.document_fields)}]
         status, obj, raw = "unparsed", None, None
         for _ in range(self.s.max_repairs + 1):
             resp = await self._request(client, messages, usage, rpm, tpm)
