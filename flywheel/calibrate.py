@@ -71,6 +71,10 @@ def calibrate(cfg: FlywheelConfig, paths: Paths, progress=None) -> dict:
                "policy_version": policy.version, "calibration": metrics, "human_ceiling": ceiling,
                "gate": {"passed": gate.passed, "reason": gate.reason}, "threshold": cfg.judge.min_qwk,
                "golden_grades": _grades(calib, cj)}
+        from flywheel.probes import probe_judge
+
+        sample = calib.sample(min(cfg.judge.probe_pairs, len(calib)), random_state=cfg.seed)
+        out["bias_probes"] = probe_judge(judge, sample, golden.documents, cfg.seed)
         if cfg.judge.judge_test_split:
             tj = judge.judge(test)
             tok = (tj.parse_status == "ok").to_numpy()
@@ -102,6 +106,10 @@ def calibrate(cfg: FlywheelConfig, paths: Paths, progress=None) -> dict:
     test_metrics["krippendorff_alpha"] = {"humans": krippendorff_alpha(test_labels),
                                           "humans_plus_judge": krippendorff_alpha(test_labels, judged)}
     test_metrics["slices"] = sliced_agreement(test_grades.grade.to_numpy(), test)
+    from flywheel.probes import probe_offline
+
+    sample = test.sample(min(cfg.judge.probe_pairs, len(test)), random_state=cfg.seed)
+    probes = probe_offline(judge, sample, golden.documents, cfg.seed)
     disagreements = test.assign(judge_grade=test_grades.grade.to_numpy(), rationale=test_grades.rationale.to_numpy())
     disagreements["gap"] = (disagreements.judge_grade - disagreements.aggregated_grade).abs()
     worst = disagreements.sort_values("gap", ascending=False).head(15)[
@@ -112,6 +120,7 @@ def calibrate(cfg: FlywheelConfig, paths: Paths, progress=None) -> dict:
         "weights": dict(zip(ext.features, judge.weights.round(4).tolist())), "cuts": judge.cuts.round(4).tolist(),
         "calibration": metrics, "test": test_metrics, "bm25_baseline_test": baseline, "human_ceiling": ceiling,
         "gate": {"passed": gate.passed, "reason": gate.reason}, "threshold": cfg.judge.min_qwk,
+        "bias_probes": probes,
         "worst_disagreements": worst.to_dict("records"),
         "golden_grades": _grades(calib, pd.DataFrame({"grade": cv, "parse_status": "ok"}, index=calib.index))
         + _grades(test, test_grades),

@@ -47,6 +47,7 @@ class JudgeConfig(BaseModel):
     logprobs: bool = False
     cv_folds: int = Field(2, ge=2, le=10)
     judge_test_split: bool = True                     # openai backend: also judge the held-out test split
+    probe_pairs: int = Field(60, ge=0)                # golden pairs per bias probe (length, injection)
 
 
 class RetrievalConfig(BaseModel):

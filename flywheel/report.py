@@ -43,6 +43,11 @@ def tables(summary: dict) -> list[tuple[str, list[str], list[list]]]:
                                                               "mean judge grade"],
                     [[dim, k, v["n"], v["qwk"], v["exact"], v["within_one"], v["mean_judge_grade"]]
                      for dim, vals in test["slices"].items() for k, v in vals.items()]))
+    probes = cal.get("bias_probes")
+    if probes:
+        out.append(("Bias probes: share of labels that change", ["probe", "pairs", "flip rate", "up rate",
+                                                                  "mean shift"],
+                    [[k, v["n"], v["flip_rate"], v["up_rate"], v["mean_shift"]] for k, v in probes.items()]))
     ev = (summary.get("evaluation") or {}).get("systems") or {}
     if ev:
         out.append(("Golden test split: NDCG@10, size, speed", ["system", "NDCG@10", "non-embedding params",
@@ -114,6 +119,9 @@ def calibration_text(s: dict) -> str:
         lines.append(f"  {dim}: " + "; ".join(
             f"{k} n={v['n']} exact={v['exact']:.2f} ±1={v['within_one']:.2f}"
             + (f" qwk={v['qwk']:.2f}" if v["qwk"] is not None else "") for k, v in vals.items()))
+    for k, v in (s.get("bias_probes") or {}).items():
+        if v["flip_rate"] is not None:
+            lines.append(f"bias probe {k}: {v['flip_rate']:.1%} of {v['n']} labels change ({v['up_rate']:.1%} up)")
     lines.append(f"gate (min QWK {s['threshold']}): {'PASSED' if s['gate']['passed'] else 'BLOCKED'} — "
                  f"{s['gate']['reason']}")
     return "\n".join(lines)

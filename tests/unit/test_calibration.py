@@ -83,3 +83,24 @@ def test_slices_partition_the_pairs():
         assert sum(v["n"] for v in s[dim].values()) == 6
     assert s["grade"]["human 3"]["exact"] == pytest.approx(0.5)
     assert s["query_length"]["1 word"]["n"] == 3
+
+
+def test_flip_rates():
+    from flywheel.probes import flip_rates
+
+    r = flip_rates(np.array([0, 1, 2, np.nan]), {"x": np.array([0, 2, 1, 3])})
+    assert r["x"] == {"n": 3, "flip_rate": pytest.approx(2 / 3), "up_rate": pytest.approx(1 / 3), "mean_shift": 0.0}
+
+
+def test_probe_variants_keep_the_document_and_add_only_the_probe(golden):
+    from flywheel.probes import INJECTION, make_variants
+
+    pairs = golden.pairs("test").head(10)
+    v = make_variants(pairs, golden.documents)
+    assert (v["injection"].text.str.endswith(INJECTION)).all()
+    for name, df in v.items():
+        assert all(new.startswith(old) for old, new in zip(pairs.text, df.text))
+        assert not set(df.doc_hash) & set(pairs.doc_hash)          # new content, new hash
+    for q, old, new in zip(pairs["query"], pairs.text, v["length"].text):
+        filler = new[len(old):].lower().split()
+        assert len(filler) > 5 and not set(q.lower().split()) & set(filler)
