@@ -46,6 +46,7 @@ class JudgeConfig(BaseModel):
     response_format: Literal["json_schema", "json_object", "json_object_schema"] = "json_schema"
     logprobs: bool = False
     cv_folds: int = Field(2, ge=2, le=10)
+    mode: Literal["online", "batch"] = "online"       # openai backend: labelling requests, or the Batch API
     judge_test_split: bool = True                     # openai backend: also judge the held-out test split
     probe_pairs: int = Field(60, ge=0)                # golden pairs per bias probe (length, injection)
 

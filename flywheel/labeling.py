@@ -71,17 +71,20 @@ def label_candidates(date: str, calibration: dict, cfg: FlywheelConfig, paths: P
     run_id = run_id or uuid.uuid4().hex[:12]
     counts = {"pending": int(len(todo)), "labelled": 0}
 
-    def commit(part: pd.DataFrame, j: pd.DataFrame) -> None:
+    def commit(part: pd.DataFrame, j: pd.DataFrame, day: str | None = None) -> None:
+        part, j = part.reset_index(drop=True), j.reset_index(drop=True)
         rows = part[["query_id", "doc_id", "doc_hash"]].assign(
-            date=date, policy_hash=policy.version, judge_backend=judge.backend, judge_model=judge.model,
+            date=day or date, policy_hash=policy.version, judge_backend=judge.backend, judge_model=judge.model,
             prompt_hash=judge.prompt_hash, judge_version=judge.version, run_id=run_id,
             created_at=pd.Timestamp(datetime.now(timezone.utc)))
         rows = pd.concat([rows, j], axis=1)
         rows["grade"] = rows.grade.astype("Int8")
-        lk.write("judge_labels", rows, date=date)
+        lk.write("judge_labels", rows, date=day or date)
         counts["labelled"] += len(rows)
 
-    if judge.backend == "openai":
+    if judge.backend == "openai" and cfg.judge.mode == "batch":
+        counts["batch"] = _label_by_batch(date, judge, todo, commit, paths)
+    elif judge.backend == "openai":
         import asyncio
 
         def commit_batch(batch):
@@ -111,6 +114,34 @@ def label_candidates(date: str, calibration: dict, cfg: FlywheelConfig, paths: P
         "fingerprint": lk.fingerprint("judge_labels", date),
     })
     return counts
+
+
+def _label_by_batch(date: str, judge, todo: pd.DataFrame, commit, paths: Paths) -> dict:
+    """Ingest finished batches of this judge version, then submit today's pending pairs as a new batch."""
+    from openai import OpenAI
+
+    from flywheel import batch
+
+    client = OpenAI(base_url=judge.base_url, api_key=judge.api_key, timeout=judge.settings.timeout_s)
+    lk = context.lake(paths)
+
+    def commit_lines(done, day):
+        if not done:
+            return
+        cands = lk.read("candidates", day).drop_duplicates(["query_id", "doc_hash"]).set_index(["query_id", "doc_hash"])
+        keys = [tuple(cid.split("|", 1)) for cid, _ in done]
+        part = pd.DataFrame({"query_id": [k[0] for k in keys], "doc_hash": [k[1] for k in keys],
+                             "doc_id": [cands.loc[k, "doc_id"] for k in keys]})
+        # labels go to the day the pairs were submitted for, whatever day the batch finished
+        commit(part, pd.DataFrame([j for _, j in done]), day)
+
+    ingested = batch.poll_and_ingest(client, paths.home, judge.version, judge.policy, commit_lines)
+    done = set(zip(lk.read("judge_labels").query_id, lk.read("judge_labels").doc_hash))
+    waiting = batch.in_flight_ids(paths.home, judge.version)
+    fresh = todo[[batch.custom_id(q, h) not in waiting and (q, h) not in done
+                  for q, h in zip(todo.query_id, todo.doc_hash)]]
+    state = batch.submit(client, judge.labeller(), fresh, paths.home, judge.version, date)
+    return {**ingested, "submitted": int(len(fresh)), "batch_id": state["batch_id"] if state else None}
 
 
 def validate_labels(date: str, paths: Paths) -> dict:

@@ -51,7 +51,7 @@ def _logprobs(content: str) -> dict:
 
 
 def build_app(reply=overlap_reply, latency: float = 0.0, fail_rate: float = 0.0, stall_s: float = 5.0,
-              seed: int = 0, stats: dict | None = None) -> FastAPI:
+              seed: int = 0, stats: dict | None = None, batch_fail_rate: float = 0.0) -> FastAPI:
     app = FastAPI()
     rng = random.Random(seed)
     stats = stats if stats is not None else {}
@@ -85,6 +85,77 @@ def build_app(reply=overlap_reply, latency: float = 0.0, fail_rate: float = 0.0,
                              "message": {"role": "assistant", "content": content, "refusal": refusal}}],
                 "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": len(content or "") // 4,
                           "total_tokens": prompt_tokens + len(content or "") // 4}}
+
+    # ---- Files and Batch API: a batch runs on the second retrieve; ``batch_fail_rate`` of its lines fail.
+    files: dict = {}
+    batches: dict = {}
+
+    def _file(fid, name, data, purpose):
+        files[fid] = data
+        return {"id": fid, "object": "file", "bytes": len(data), "created_at": int(time.time()),
+                "filename": name, "purpose": purpose, "status": "processed"}
+
+    @app.post("/v1/files")
+    async def upload(req: Request):
+        raw = await req.body()
+        boundary = req.headers["content-type"].split("boundary=", 1)[1].strip('"').encode()
+        data, purpose, name = b"", "batch", "upload.jsonl"
+        for part in raw.split(b"--" + boundary):
+            head, _, content = part.partition(b"\r\n\r\n")
+            content = content[:-2] if content.endswith(b"\r\n") else content
+            if b'name="file"' in head:
+                data = content
+                m = re.search(rb'filename="([^"]*)"', head)
+                name = m.group(1).decode() if m else name
+            elif b'name="purpose"' in head:
+                purpose = content.decode().strip()
+        stats["uploads"] = stats.get("uploads", 0) + 1
+        return _file(f"file-{len(files) + 1}", name, data, purpose)
+
+    @app.get("/v1/files/{fid}/content")
+    def content(fid: str):
+        from fastapi.responses import Response
+        return Response(files[fid], media_type="application/jsonl")
+
+    def _batch_view(b):
+        return {k: v for k, v in b.items() if not k.startswith("_")}
+
+    @app.post("/v1/batches")
+    async def create_batch(req: Request):
+        body = await req.json()
+        bid = f"batch_{len(batches) + 1}"
+        batches[bid] = {"id": bid, "object": "batch", "endpoint": body["endpoint"], "errors": None,
+                        "input_file_id": body["input_file_id"], "completion_window": body["completion_window"],
+                        "status": "validating", "output_file_id": None, "error_file_id": None,
+                        "created_at": int(time.time()), "metadata": body.get("metadata"), "_polls": 0}
+        return _batch_view(batches[bid])
+
+    @app.get("/v1/batches/{bid}")
+    def retrieve_batch(bid: str):
+        b = batches[bid]
+        b["_polls"] += 1
+        if b["status"] == "validating":
+            b["status"] = "in_progress"
+        elif b["status"] == "in_progress":
+            out = []
+            for raw in files[b["input_file_id"]].decode().splitlines():
+                line = json.loads(raw)
+                stats["batch_lines"] = stats.get("batch_lines", 0) + 1
+                stats["per_pair"][line["body"]["messages"][1]["content"]] += 1
+                if batch_fail_rate and rng.random() < batch_fail_rate:
+                    out.append({"id": f"r-{line['custom_id']}", "custom_id": line["custom_id"], "response": {
+                        "status_code": 500, "body": {"error": {"message": "boom"}}}, "error": None})
+                    continue
+                c, finish, refusal = reply(line["body"], 0)
+                out.append({"id": f"r-{line['custom_id']}", "custom_id": line["custom_id"], "error": None,
+                            "response": {"status_code": 200, "body": {
+                                "id": "x", "object": "chat.completion", "created": 0, "model": line["body"]["model"],
+                                "choices": [{"index": 0, "finish_reason": finish, "message": {
+                                    "role": "assistant", "content": c, "refusal": refusal}}]}}})
+            fid = f"file-{len(files) + 1}"
+            _file(fid, "output.jsonl", "\n".join(json.dumps(o) for o in out).encode(), "batch_output")
+            b.update(status="completed", output_file_id=fid)
+        return _batch_view(b)
 
     @app.get("/stats")
     def get_stats():
