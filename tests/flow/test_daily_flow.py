@@ -103,3 +103,26 @@ def test_crash_in_a_late_stage_resumes_from_cache_and_warm_rerun_redoes_nothing(
     assert not again["promotion"]["promoted"] and "already the champion" in again["promotion"]["reason"]
     assert again["evaluation"] == summary["evaluation"]
     _assert_no_duplicate_rows(paths())
+
+
+def test_a_policy_edit_is_picked_up_by_the_next_daily_run(prefect_server, cfg, tmp_path):
+    """Recalibration first, then labels of the new judge version; the old version's labels stay."""
+    from flows.daily import daily_flywheel
+    from flywheel.lake import Lake
+    from tasks._common import paths
+
+    first = daily_flywheel(cfg, DATE)                     # cached from the test above, or computed
+    edited = tmp_path / "policy.md"
+    src = cfg.resolve(cfg.policy).read_text()
+    edited.write_text(src.replace("Judge only from the dataset's name and description.",
+                                  "Judge only from the dataset's name and its description."))
+    second = daily_flywheel(cfg.model_copy(update={"policy": str(edited)}), "2026-01-06")
+    old_v, new_v = first["calibration"]["judge_version"], second["calibration"]["judge_version"]
+    assert old_v != new_v and second["calibration"]["policy_version"] != first["calibration"]["policy_version"]
+    labels = Lake(paths().lake).read("judge_labels")
+    before = labels[labels.judge_version == old_v]
+    assert len(before) == first["labels"]["day_total"]      # old labels kept, marked with their version
+    assert second["labels"]["labelled"] > 0 and (labels[labels.judge_version == new_v].policy_hash ==
+                                                 second["calibration"]["policy_version"]).all()
+    # the ladder retrains from the new version's labels (a prose edit leaves the offline grades as they were)
+    assert second["rungs"]["teacher"]["path"] != first["rungs"]["teacher"]["path"]
