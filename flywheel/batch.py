@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from flywheel.judge import parse_reply
+from flywheel.judge import judgment_row, parse_reply
 
 ENDPOINT = "/v1/chat/completions"
 
@@ -27,17 +27,8 @@ def custom_id(query_id: str, doc_hash: str) -> str:
 
 def request_lines(labeller, pairs: pd.DataFrame) -> list[dict]:
     """One Batch API request per pair, with the same body the online mode sends."""
-    from flywheel.judge import user_prompt
-
-    out = []
-    for _, r in pairs.iterrows():
-        messages = [labeller.system, {"role": "user", "content": user_prompt(r["query"], r["title"], r["text"],
-                                                                           labeller.policy.document_fields)}]
-        body = {"model": labeller.model, "messages": messages, "temperature": labeller.temperature,
-                "max_tokens": labeller.s.max_tokens, "response_format": labeller.response_format}
-        out.append({"custom_id": custom_id(r["query_id"], r["doc_hash"]), "method": "POST", "url": ENDPOINT,
-                    "body": body})
-    return out
+    return [{"custom_id": custom_id(r["query_id"], r["doc_hash"]), "method": "POST", "url": ENDPOINT,
+             "body": labeller.request_body(labeller.messages(r))} for _, r in pairs.iterrows()]
 
 
 def _state_dir(home: Path, judge_version: str) -> Path:
@@ -53,8 +44,8 @@ def _write_state(path: Path, state: dict) -> None:
 
 
 def open_batches(home: Path, judge_version: str) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted(_state_dir(home, judge_version).glob("*.json"))
-            if json.loads(p.read_text())["status"] not in ("ingested", "failed", "expired", "cancelled")]
+    states = (json.loads(p.read_text()) for p in sorted(_state_dir(home, judge_version).glob("*.json")))
+    return [s for s in states if s["status"] not in ("ingested", "failed", "expired", "cancelled")]
 
 
 def judgment_from_line(line: dict, policy) -> dict | None:
@@ -65,17 +56,11 @@ def judgment_from_line(line: dict, policy) -> dict | None:
     choice = resp["body"]["choices"][0]
     msg = choice["message"]
     if msg.get("refusal"):
-        return {"grade": None, "score": None, "dimension_scores": None, "rationale": None,
-                "parse_status": "refused", "raw_response": msg["refusal"]}
+        return judgment_row("refused", None, msg["refusal"])
     raw = msg.get("content")
     if choice.get("finish_reason") == "length":
-        status, obj = "truncated", None
-    else:
-        status, obj = parse_reply(raw, policy)
-    ok = status == "ok"
-    return {"grade": int(obj["grade"]) if ok else None, "score": float(obj["grade"]) if ok else None,
-            "dimension_scores": json.dumps(obj.get("dimensions", {})) if ok else None,
-            "rationale": str(obj.get("rationale", "")) if ok else None, "parse_status": status, "raw_response": raw}
+        return judgment_row("truncated", None, raw)
+    return judgment_row(*parse_reply(raw, policy), raw)
 
 
 def poll_and_ingest(client, home: Path, judge_version: str, policy, commit) -> dict:

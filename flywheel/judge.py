@@ -81,6 +81,20 @@ def parse_reply(text: str | None, policy: Policy) -> tuple[str, dict | None]:
     return "ok", obj
 
 
+def judgment_row(status: str, obj: dict | None, raw: str | None, score: float | None = None,
+                 extra_dims: dict | None = None) -> dict:
+    """The stored form of one reply (JUDGMENT_COLUMNS): a grade only when ``status`` is "ok"; ``score``
+    defaults to the grade (an expected grade from log-probabilities replaces it)."""
+    ok = status == "ok"
+    given = obj.get("dimensions") if ok else None
+    dims = {**(given if isinstance(given, dict) else {}), **(extra_dims or {})} if ok else None
+    return {"grade": int(obj["grade"]) if ok else None,
+            "score": (score if score is not None else float(obj["grade"])) if ok else None,
+            "dimension_scores": json.dumps(dims) if ok else None,
+            "rationale": str(obj.get("rationale", "")) if ok else None,
+            "parse_status": status, "raw_response": raw}
+
+
 # ---------------------------------------------------------------- offline backend
 
 @dataclass
@@ -202,6 +216,5 @@ class OpenAIJudge:
             else:
                 reason = next((v for k, v in self.last_run["failures"].items()
                                if k == f"{r['query_id']}/{r['doc_hash'][:12]}"), "not judged")
-                rows.append({"grade": None, "score": None, "dimension_scores": None, "rationale": None,
-                             "parse_status": "error", "raw_response": reason})
+                rows.append(judgment_row("error", None, reason))
         return pd.DataFrame(rows, index=pairs.index, columns=JUDGMENT_COLUMNS)

@@ -83,7 +83,7 @@ def label_candidates(date: str, calibration: dict, cfg: FlywheelConfig, paths: P
         counts["labelled"] += len(rows)
 
     if judge.backend == "openai" and cfg.judge.mode == "batch":
-        counts["batch"] = _label_by_batch(date, judge, todo, commit, paths)
+        counts["batch"] = _label_by_batch(date, judge, commit, paths)
     elif judge.backend == "openai":
         import asyncio
 
@@ -116,7 +116,7 @@ def label_candidates(date: str, calibration: dict, cfg: FlywheelConfig, paths: P
     return counts
 
 
-def _label_by_batch(date: str, judge, todo: pd.DataFrame, commit, paths: Paths) -> dict:
+def _label_by_batch(date: str, judge, commit, paths: Paths) -> dict:
     """Ingest finished batches of this judge version, then submit today's pending pairs as a new batch."""
     from openai import OpenAI
 
@@ -136,10 +136,10 @@ def _label_by_batch(date: str, judge, todo: pd.DataFrame, commit, paths: Paths) 
         commit(part, pd.DataFrame([j for _, j in done]), day)
 
     ingested = batch.poll_and_ingest(client, paths.home, judge.version, judge.policy, commit_lines)
-    done = set(zip(lk.read("judge_labels").query_id, lk.read("judge_labels").doc_hash))
+    # pending again now that finished batches are in the store, minus what still sits in an open batch
+    pending = pending_pairs(date, judge.version, paths)
     waiting = batch.in_flight_ids(paths.home, judge.version)
-    fresh = todo[[batch.custom_id(q, h) not in waiting and (q, h) not in done
-                  for q, h in zip(todo.query_id, todo.doc_hash)]]
+    fresh = pending[[batch.custom_id(q, h) not in waiting for q, h in zip(pending.query_id, pending.doc_hash)]]
     state = batch.submit(client, judge.labeller(), fresh, paths.home, judge.version, date)
     return {**ingested, "submitted": int(len(fresh)), "batch_id": state["batch_id"] if state else None}
 

@@ -15,14 +15,13 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 import time
 from dataclasses import dataclass, field
 
 import pandas as pd
 
-from flywheel.judge import output_schema, parse_reply, system_prompt, user_prompt
+from flywheel.judge import judgment_row, output_schema, parse_reply, system_prompt, user_prompt
 from flywheel.policy import Policy
 
 TRANSIENT = ("RateLimitError", "InternalServerError", "APITimeoutError", "APIConnectionError")
@@ -139,6 +138,18 @@ class OnlineLabeller:
             raise ValueError(f"response_format must be one of {sorted(formats)}, not {settings.response_format!r}")
         self.response_format = formats[settings.response_format]
 
+    def messages(self, row) -> list[dict]:
+        """Static system message first, the pair last (with only the fields the policy names)."""
+        return [self.system, {"role": "user", "content": user_prompt(row["query"], row["title"], row["text"],
+                                                                     self.policy.document_fields)}]
+
+    def request_body(self, messages: list[dict]) -> dict:
+        body = {"model": self.model, "messages": messages, "temperature": self.temperature,
+                "max_tokens": self.s.max_tokens, "response_format": self.response_format}
+        if self.s.logprobs:
+            body.update(logprobs=True, top_logprobs=5)
+        return body
+
     async def _request(self, client, messages, usage: Usage, rpm: TokenBucket, tpm: TokenBucket):
         import openai
         from openai.types.chat import ChatCompletion
@@ -152,11 +163,7 @@ class OnlineLabeller:
                 # The body is already plain JSON: posting it through the client's low-level ``post`` (same auth,
                 # errors and response model) skips ``chat.completions.create``'s per-call parameter transform,
                 # which was 60% of the client's CPU per request (bench/labeling.py, cProfile).
-                body = {"model": self.model, "messages": messages, "temperature": self.temperature,
-                        "max_tokens": self.s.max_tokens, "response_format": self.response_format}
-                if self.s.logprobs:
-                    body.update(logprobs=True, top_logprobs=5)
-                resp = await client.post("/chat/completions", cast_to=ChatCompletion, body=body)
+                resp = await client.post("/chat/completions", cast_to=ChatCompletion, body=self.request_body(messages))
                 usage.add(resp.usage, self.s)
                 return resp
             except openai.APIError as exc:
@@ -169,8 +176,7 @@ class OnlineLabeller:
                 await asyncio.sleep(wait)
 
     async def _judge_pair(self, client, row, usage, rpm, tpm) -> dict:
-        messages = [self.system, {"role": "user", "content": user_prompt(row["query"], row["title"], row["text"],
-                                                            self.policy.document_fields)}]
+        messages = self.messages(row)
         status, obj, raw = "unparsed", None, None
         for _ in range(self.s.max_repairs + 1):
             resp = await self._request(client, messages, usage, rpm, tpm)
@@ -188,17 +194,11 @@ class OnlineLabeller:
             messages = messages + [{"role": "assistant", "content": raw or ""},
                                    {"role": "user", "content": "That was not valid JSON matching the schema. "
                                                                "Reply with the JSON object only."}]
-        ok = status == "ok"
-        dist = grade_distribution(choice, self.policy.max_grade) if ok and self.s.logprobs else None
-        expected = sum(g * p for g, p in dist.items()) if dist else None
-        dims = dict(obj.get("dimensions", {})) if ok else {}
-        if dist:
-            dims["_grade_distribution"] = {str(g): round(p, 4) for g, p in dist.items()}
-        return {"grade": int(obj["grade"]) if ok else None,
-                "score": (expected if expected is not None else float(obj["grade"])) if ok else None,
-                "dimension_scores": json.dumps(dims) if ok else None,
-                "rationale": str(obj.get("rationale", "")) if ok else None,
-                "parse_status": status, "raw_response": raw}
+        dist = grade_distribution(choice, self.policy.max_grade) if status == "ok" and self.s.logprobs else None
+        if not dist:
+            return judgment_row(status, obj, raw)
+        return judgment_row(status, obj, raw, score=sum(g * p for g, p in dist.items()),
+                            extra_dims={"_grade_distribution": {str(g): round(p, 4) for g, p in dist.items()}})
 
     async def run(self, pairs: pd.DataFrame, commit, progress=None) -> dict:
         """Judge ``pairs``; ``commit(list_of_(row_index, judgment))`` receives finished pairs in batches."""

@@ -7,10 +7,7 @@ a consumer needs. Promotion is decided by the pure :func:`promotion_decision`; m
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import mlflow.pyfunc
 

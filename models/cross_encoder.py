@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from transformers import BertModel, BertPreTrainedModel
+from transformers.modeling_outputs import SequenceClassifierOutput
 
 CONTRACT_FILE = "scoring_contract.json"
 
@@ -31,38 +33,28 @@ class ScoringContract:
         return self.template.format(title=title, text=text)
 
 
+class BertMeanPoolRanker(BertPreTrainedModel):
+    def __init__(self, config):
+        super().__init__(config)
+        self.bert = BertModel(config, add_pooling_layer=False)
+        self.score = nn.Linear(config.hidden_size, 1)          # interaction term over the whole pair
+        self.sim_scale = nn.Parameter(torch.tensor(10.0))     # weight of the query–document cosine
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, **kwargs):
+        h = self.bert(input_ids=input_ids, attention_mask=attention_mask,
+                      token_type_ids=token_type_ids).last_hidden_state          # [B, T, H]
+        m = attention_mask.unsqueeze(-1).to(h.dtype)                              # [B, T, 1]
+        seg = token_type_ids.unsqueeze(-1)                                        # [B, T, 1]
+        q, d = _pool(h, m * (seg == 0)), _pool(h, m * (seg == 1))                 # [B, H] each
+        cos = torch.nn.functional.cosine_similarity(q, d, dim=-1)                 # [B]
+        logit = self.sim_scale * cos + self.score(_pool(h, m))[:, 0]             # [B]
+        return SequenceClassifierOutput(logits=logit[:, None])                    # [B, 1]
+
+
 def _ranker_class():
-    """Defined lazily so importing this module stays cheap; cached so every caller gets the same class."""
-    global BertMeanPoolRanker
-    if BertMeanPoolRanker is not None:
-        return BertMeanPoolRanker
-    from transformers import BertModel, BertPreTrainedModel
-    from transformers.modeling_outputs import SequenceClassifierOutput
-
-    class _BertMeanPoolRanker(BertPreTrainedModel):
-        def __init__(self, config):
-            super().__init__(config)
-            self.bert = BertModel(config, add_pooling_layer=False)
-            self.score = nn.Linear(config.hidden_size, 1)          # interaction term over the whole pair
-            self.sim_scale = nn.Parameter(torch.tensor(10.0))     # weight of the query–document cosine
-            self.post_init()
-
-        def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, **kwargs):
-            h = self.bert(input_ids=input_ids, attention_mask=attention_mask,
-                          token_type_ids=token_type_ids).last_hidden_state          # [B, T, H]
-            m = attention_mask.unsqueeze(-1).to(h.dtype)                              # [B, T, 1]
-            seg = token_type_ids.unsqueeze(-1)                                        # [B, T, 1]
-            q, d = _pool(h, m * (seg == 0)), _pool(h, m * (seg == 1))                 # [B, H] each
-            cos = torch.nn.functional.cosine_similarity(q, d, dim=-1)                 # [B]
-            logit = self.sim_scale * cos + self.score(_pool(h, m))[:, 0]             # [B]
-            return SequenceClassifierOutput(logits=logit[:, None])                    # [B, 1]
-
-    _BertMeanPoolRanker.__name__ = _BertMeanPoolRanker.__qualname__ = "BertMeanPoolRanker"
-    BertMeanPoolRanker = _BertMeanPoolRanker
+    """The ranker class (kept for callers that look it up by function)."""
     return BertMeanPoolRanker
-
-
-BertMeanPoolRanker = None
 
 
 def _pool(h: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
@@ -83,7 +75,7 @@ def build_cross_encoder(layers: list[int] | None = None, base: str | None = None
     torch.manual_seed(seed)
     base = base or minilm_path()
     logging.set_verbosity_error()   # the fresh scoring head is expected, not an error
-    model = _ranker_class().from_pretrained(base)
+    model = BertMeanPoolRanker.from_pretrained(base)
     # Start as the pretrained similarity model (score = 10·cos(query, document) − 5), so training refines a
     # ranker that already works instead of learning relevance from a few hundred labels from scratch.
     with torch.no_grad():
@@ -127,7 +119,7 @@ def load_ranker(path: str | Path):
     if not (path / CONTRACT_FILE).exists():
         raise FileNotFoundError(f"{path} has no {CONTRACT_FILE}: a ranker must ship its scoring contract")
     contract = ScoringContract(**json.loads((path / CONTRACT_FILE).read_text()))
-    model = _ranker_class().from_pretrained(path).eval()
+    model = BertMeanPoolRanker.from_pretrained(path).eval()
     return model, AutoTokenizer.from_pretrained(path), contract
 
 

