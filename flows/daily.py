@@ -10,7 +10,7 @@ from flywheel.settings import configure_environment
 
 configure_environment()   # before prefect/mlflow read their settings
 
-from prefect import flow  # noqa: E402
+from prefect import flow, unmapped  # noqa: E402
 
 from flywheel.config import FlywheelConfig, load_config  # noqa: E402
 from tasks import calibrate, deploy, evaluate, label, policy, register, train  # noqa: E402
@@ -44,7 +44,7 @@ def daily_flywheel(cfg: FlywheelConfig = FlywheelConfig(), date: str | None = No
 
     t = time.perf_counter()
     cands = label.retrieve_candidates(date, cfg, seed["queries_fp"], seed["documents_fp"])
-    labels = label.label_candidates(date, cal, cfg, cands["fingerprint"])
+    labels = label_day(date, cal, cfg, cands["fingerprint"])
     clock.record("3 retrieve + label", t, f"{cands['candidates']} candidates for {cands['queries']} queries; "
                                           f"{labels['labelled']} new labels")
     t = time.perf_counter()
@@ -86,6 +86,34 @@ def daily_flywheel(cfg: FlywheelConfig = FlywheelConfig(), date: str | None = No
     return summary
 
 
+def label_day(date: str, cal: dict, cfg: FlywheelConfig, candidates_fp: str) -> dict:
+    """The labelling stage: one task, or ``cfg.fanout.shards`` mapped shard tasks on the flow's task runner."""
+    n = cfg.fanout.shards
+    if n == 1 or not cal["gate"]["passed"] or (cfg.judge.backend == "openai" and cfg.judge.mode == "batch"):
+        return label.label_candidates(date, cal, cfg, candidates_fp)
+    futures = label.label_shard.map(date, unmapped(cal), unmapped(cfg), candidates_fp, shard=list(range(n)),
+                                    n_shards=n)
+    return label.merge_label_shards(date, cal, [f.result() for f in futures])
+
+
+def task_runner(cfg: FlywheelConfig):
+    """The flow's task runner from the configuration: Prefect's thread pool, or a Dask cluster (prefect-dask)."""
+    f = cfg.fanout
+    if f.task_runner != "dask":
+        return None
+    from prefect_dask import DaskTaskRunner
+
+    if f.dask_address:
+        return DaskTaskRunner(address=f.dask_address)
+    return DaskTaskRunner(cluster_kwargs={"n_workers": f.dask_workers, "threads_per_worker": f.dask_threads_per_worker,
+                                          "processes": True, "dashboard_address": None})
+
+
+def with_runner(cfg: FlywheelConfig):
+    runner = task_runner(cfg)
+    return daily_flywheel if runner is None else daily_flywheel.with_options(task_runner=runner)
+
+
 def print_summary(summary: dict) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -104,7 +132,8 @@ def print_summary(summary: dict) -> None:
 
 
 def main(config: str | None = None, date: str | None = None, keep_serving: bool = False) -> dict:
-    summary = daily_flywheel(load_config(config), date, keep_serving)
+    cfg = load_config(config)
+    summary = with_runner(cfg)(cfg, date, keep_serving)
     print_summary(summary)
     return summary
 

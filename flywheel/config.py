@@ -84,6 +84,17 @@ class LadderConfig(BaseModel):
         return self
 
 
+class FanoutConfig(BaseModel):
+    """How the labelling stage fans out: ``shards`` mapped Prefect tasks (by query), run on the flow's default
+    thread pool or, with ``task_runner: dask``, on a Dask cluster through prefect-dask."""
+    model_config = ConfigDict(extra="forbid")
+    shards: int = Field(1, ge=1, le=4096)
+    task_runner: Literal["threads", "dask"] = "threads"
+    dask_address: str | None = None       # scheduler of an existing cluster, e.g. tcp://10.0.0.5:8786
+    dask_workers: int = Field(2, ge=1)    # size of the local cluster started when dask_address is None
+    dask_threads_per_worker: int = Field(1, ge=1)
+
+
 class PromotionConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     min_ndcg: float = Field(0.5, ge=0, le=1)
@@ -104,6 +115,7 @@ class FlywheelConfig(BaseModel):
         RungConfig(name="student", layers=[0, 2, 5]),
     ])
     promotion: PromotionConfig = PromotionConfig()
+    fanout: FanoutConfig = FanoutConfig()
     registered_model: str = "flywheel-ranker"
     serve_port: int = Field(8765, ge=1024, le=65535)
     seed: int = 0

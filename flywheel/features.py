@@ -21,24 +21,30 @@ FEATURES_ALL = ("upr", "bm25", "cosine")
 
 @dataclass
 class UprCache:
+    """A folder of Parquet parts, one per commit, named by the hash of their keys: writers in several processes
+    (labelling shards) never overwrite each other's entries, and a reader sees every committed part."""
     path: Path
     _mem: dict = field(default_factory=dict)
 
     def __post_init__(self):
         self.path = Path(self.path)
-        if self.path.exists():
-            df = pd.read_parquet(self.path)
-            self._mem = dict(zip(df.key, df.value))
+        if self.path.is_dir():
+            for part in sorted(self.path.glob("part-*.parquet")):
+                df = pd.read_parquet(part)
+                self._mem.update(zip(df.key, df.value))
 
     def get(self, key):
         return self._mem.get(key)
 
     def put_many(self, items: dict) -> None:
+        if not items:
+            return
         self._mem.update(items)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".tmp-{uuid.uuid4().hex}")
-        pd.DataFrame({"key": list(self._mem), "value": list(self._mem.values())}).to_parquet(tmp, index=False)
-        os.replace(tmp, self.path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        keys = sorted(items)
+        tmp = self.path / f".tmp-{uuid.uuid4().hex}"
+        pd.DataFrame({"key": keys, "value": [items[k] for k in keys]}).to_parquet(tmp, index=False)
+        os.replace(tmp, self.path / f"part-{sha256_text(*keys)[:16]}.parquet")
 
 
 class FeatureExtractor:
@@ -57,7 +63,7 @@ class FeatureExtractor:
         self.fields = tuple(fields)   # the policy's document_fields: what the LM reads of each document
         self.tag = sha256_text(str(Path(lm_path).name) if lm_path else "", str(max_doc_tokens), "upr-v1",
                                *([] if self.fields == ("title", "text") else self.fields))[:12]
-        self.cache = UprCache(Path(cache_dir) / f"upr-{self.tag}.parquet") if (cache_dir and lm_path) else None
+        self.cache = UprCache(Path(cache_dir) / f"upr-{self.tag}") if (cache_dir and lm_path) else None
         self._scorer = None
 
     def _upr(self, pairs: pd.DataFrame) -> list[float]:

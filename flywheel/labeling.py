@@ -7,6 +7,8 @@ continues where it stopped. Queries of the golden test split are never candidate
 
 from __future__ import annotations
 
+import os
+import socket
 import uuid
 from datetime import datetime, timezone
 
@@ -14,6 +16,7 @@ import pandas as pd
 
 from flywheel import context
 from flywheel.config import FlywheelConfig
+from flywheel.lake import sha256_text
 from flywheel.settings import Paths
 
 
@@ -53,12 +56,22 @@ def pending_pairs(date: str, judge_version: str, paths: Paths) -> pd.DataFrame:
     return out.sort_values(["query_id", "doc_id"]).reset_index(drop=True)
 
 
+def shard_of(query_id: str, n_shards: int) -> int:
+    """Stable shard of a query (every pair of a query lands in the same shard, whatever the process)."""
+    return int(sha256_text(query_id)[:8], 16) % n_shards
+
+
 def label_candidates(date: str, calibration: dict, cfg: FlywheelConfig, paths: Paths, run_id: str | None = None,
-                     batch_size: int = 64, progress=None, fail_after_batches: int | None = None) -> dict:
+                     batch_size: int = 64, progress=None, fail_after_batches: int | None = None,
+                     shard: int = 0, n_shards: int = 1) -> dict:
     """Label today's pending pairs. Refuses (GateClosed) unless ``calibration['gate']['passed']``.
 
+    ``shard``/``n_shards`` restrict the work to the queries of one shard (see ``shard_of``), so shards can run as
+    parallel tasks on any executor: each commits its own content-keyed files and never touches another's pairs.
     ``fail_after_batches`` injects a crash after that many committed batches (for resumption tests).
     """
+    if not 0 <= shard < n_shards:
+        raise ValueError(f"shard {shard} is outside 0..{n_shards - 1}")
     if not calibration["gate"]["passed"]:
         raise GateClosed(f"judge {calibration['judge_version']} is blocked from bulk labelling: "
                          f"{calibration['gate']['reason']}")
@@ -68,8 +81,13 @@ def label_candidates(date: str, calibration: dict, cfg: FlywheelConfig, paths: P
     judge = context.load_judge(calibration["judge_version"], policy, cfg, paths)
     lk = context.lake(paths)
     todo = pending_pairs(date, judge.version, paths)
+    if n_shards > 1:
+        if judge.backend == "openai" and cfg.judge.mode == "batch":
+            raise ValueError("batch mode submits one Batch API job per day: run it with n_shards=1")
+        todo = todo[[shard_of(q, n_shards) == shard for q in todo.query_id]]
     run_id = run_id or uuid.uuid4().hex[:12]
-    counts = {"pending": int(len(todo)), "labelled": 0}
+    counts = {"pending": int(len(todo)), "labelled": 0, "shard": f"{shard}/{n_shards}",
+              "host": f"{socket.gethostname()}:{os.getpid()}"}
 
     def commit(part: pd.DataFrame, j: pd.DataFrame, day: str | None = None) -> None:
         part, j = part.reset_index(drop=True), j.reset_index(drop=True)
@@ -104,16 +122,33 @@ def label_candidates(date: str, calibration: dict, cfg: FlywheelConfig, paths: P
             commit(part, judge.judge(part))
             if progress:
                 progress(len(part))
+    counts.update(day_summary(date, judge.version, paths), run_id=run_id)
+    return counts
+
+
+def day_summary(date: str, judge_version: str, paths: Paths) -> dict:
+    """What the store holds for ``date`` by ``judge_version``: totals, statuses, grades, and its fingerprint."""
+    lk = context.lake(paths)
     day = lk.read("judge_labels", date)
-    day = day[day.judge_version == judge.version]
-    counts.update({
-        "date": date, "judge_version": judge.version, "run_id": run_id,
+    day = day[day.judge_version == judge_version]
+    return {
+        "date": date, "judge_version": judge_version,
         "day_total": int(len(day)),
         "status": day.parse_status.value_counts().to_dict(),
         "grade_distribution": {int(k): int(v) for k, v in day.grade.dropna().astype(int).value_counts().sort_index().items()},
         "fingerprint": lk.fingerprint("judge_labels", date),
-    })
-    return counts
+    }
+
+
+def merge_shards(date: str, judge_version: str, shards: list[dict], paths: Paths) -> dict:
+    """One day's result from its shards' results: summed counts, the day's totals read back from the store."""
+    out = {"pending": sum(s["pending"] for s in shards), "labelled": sum(s["labelled"] for s in shards),
+           "shards": len(shards), "run_id": ",".join(s["run_id"] for s in shards),
+           "hosts": sorted({s["host"] for s in shards})}
+    online = [s["online"] for s in shards if "online" in s]
+    if online:
+        out["online"] = {k: sum(o.get(k, 0) for o in online) for k in online[0] if isinstance(online[0][k], (int, float))}
+    return {**out, **day_summary(date, judge_version, paths)}
 
 
 def _label_by_batch(date: str, judge, commit, paths: Paths) -> dict:

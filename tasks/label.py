@@ -22,6 +22,21 @@ def label_candidates(date: str, calibration: dict, cfg: FlywheelConfig, candidat
     return out
 
 
+@task(name="label-shard", retries=2, retry_delay_seconds=1, cache_key_fn=content_key, persist_result=True)
+def label_shard(date: str, calibration: dict, cfg: FlywheelConfig, candidates_fp: str, shard: int, n_shards: int) -> dict:
+    """One shard of the day's labelling (the queries with ``shard_of(query) == shard``); runs on any task runner."""
+    return lib.label_candidates(date, calibration, cfg, paths(), shard=shard, n_shards=n_shards)
+
+
+@task(name="merge-label-shards", retries=0)
+def merge_label_shards(date: str, calibration: dict, shards: list[dict]) -> dict:
+    out = lib.merge_shards(date, calibration["judge_version"], shards, paths())
+    artifact("daily-labels", f"**{date}**: {out['labelled']} new labels by judge `{out['judge_version']}` from "
+             f"{out['shards']} shards ({out['day_total']} today); status {out['status']}; "
+             f"grades {out['grade_distribution']}")
+    return out
+
+
 @task(name="validate-labels", retries=0, cache_key_fn=content_key, persist_result=True)
 def validate_labels(date: str, labels_fp: str) -> dict:
     return lib.validate_labels(date, paths())
