@@ -45,8 +45,9 @@ def daily_flywheel(cfg: FlywheelConfig = FlywheelConfig(), date: str | None = No
     t = time.perf_counter()
     cands = label.retrieve_candidates(date, cfg, seed["queries_fp"], seed["documents_fp"])
     labels = label_day(date, cal, cfg, cands["fingerprint"])
-    clock.record("3 retrieve + label", t, f"{cands['candidates']} candidates for {cands['queries']} queries; "
-                                          f"{labels['labelled']} new labels")
+    strata = f" (pre-judge grades {cands['predicted_grades']})" if cands.get("predicted_grades") else ""
+    clock.record("3 retrieve + label", t, f"{cands['candidates']} candidates for {cands['queries']} queries"
+                                          f"{strata}; {labels['labelled']} new labels")
     t = time.perf_counter()
     checked = label.validate_labels(date, labels["fingerprint"])
     clock.record("4 validate labels", t, f"{checked['rows']} rows pass the judge_labels contract")

@@ -52,10 +52,17 @@ class JudgeConfig(BaseModel):
 
 
 class RetrievalConfig(BaseModel):
+    """Today's candidates per query. With ``per_grade`` = 0: BM25 top-``k_bm25`` ∪ dense top-``k_dense`` ∪
+    ``n_random`` random documents. With ``per_grade`` > 0 (stratified): a deeper pool (top-``pool_depth`` of each
+    retriever ∪ ``n_random``) is graded by a cheap pre-judge (BM25 + cosine, cut-points fitted on the golden
+    calibration split) and up to ``per_grade`` pairs are drawn from each predicted grade, so the labels cover the
+    whole scale rather than only the top hits."""
     model_config = ConfigDict(extra="forbid")
     k_bm25: int = Field(8, ge=0)
     k_dense: int = Field(8, ge=0)
     n_random: int = Field(2, ge=0)
+    per_grade: int = Field(0, ge=0)
+    pool_depth: int = Field(30, ge=1)
 
 
 class RungConfig(BaseModel):

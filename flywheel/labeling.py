@@ -12,6 +12,7 @@ import socket
 import uuid
 from datetime import datetime, timezone
 
+import numpy as np
 import pandas as pd
 
 from flywheel import context
@@ -30,12 +31,61 @@ def retrieve_candidates(date: str, cfg: FlywheelConfig, paths: Paths) -> dict:
     queries = queries[queries.split.fillna("") != "test"].sort_values("query_id")
     ret = context.retriever(paths)
     r = cfg.retrieval
-    cands = ret.candidates(queries, r.k_bm25, r.k_dense, r.n_random, seed=cfg.seed)
+    if r.per_grade:
+        pool = ret.candidates(queries, r.pool_depth, r.pool_depth, r.n_random, seed=cfg.seed)
+        from flywheel.policy import load_policy
+
+        pool["predicted_grade"] = predict_grades(pool, queries, cfg, paths)
+        n_grades = load_policy(cfg.resolve(cfg.policy)).max_grade + 1
+        cands = stratify(pool, r.per_grade, n_grades, seed=cfg.seed)
+    else:
+        cands = ret.candidates(queries, r.k_bm25, r.k_dense, r.n_random, seed=cfg.seed)
+        cands["predicted_grade"] = None
+    cands["predicted_grade"] = cands.predicted_grade.astype("Int8")
     cands.insert(0, "date", date)
     lk.write("candidates", cands, date=date)
     by = cands.retrieved_by.value_counts().to_dict()
+    pg = {int(k): int(v) for k, v in cands.predicted_grade.dropna().value_counts().sort_index().items()}
     return {"date": date, "queries": int(len(queries)), "candidates": int(len(cands)), "retrieved_by": by,
-            "fingerprint": lk.fingerprint("candidates", date)}
+            "predicted_grades": pg, "fingerprint": lk.fingerprint("candidates", date)}
+
+
+def predict_grades(pool: pd.DataFrame, queries: pd.DataFrame, cfg: FlywheelConfig, paths: Paths) -> np.ndarray:
+    """A cheap pre-judge for stratification: BM25 + bi-encoder cosine, linear, with cut-points fitted on the golden
+    calibration split (no LM, so grading a deep pool costs milliseconds a pair). Only steers sampling: every
+    candidate is still labelled by the calibrated judge."""
+    from flywheel.features import FeatureExtractor
+    from flywheel.golden import load_golden
+    from flywheel.judge import OfflineJudge
+    from flywheel.policy import load_policy
+
+    policy = load_policy(cfg.resolve(cfg.policy))
+    calib = load_golden(cfg.resolve(cfg.golden)).pairs("calibration")
+    ext = FeatureExtractor(context.retriever(paths), ("bm25", "cosine"))
+    pre = OfflineJudge(policy, ext).fit(calib, calib.aggregated_grade.to_numpy(dtype=float))
+    pairs = pool.merge(queries[["query_id", "text"]].rename(columns={"text": "query"}), on="query_id", how="left")
+    return pre.judge(pairs).grade.to_numpy()
+
+
+def stratify(pool: pd.DataFrame, per_grade: int, n_grades: int, seed: int = 0) -> pd.DataFrame:
+    """Per query: up to ``per_grade`` pairs from each predicted grade (a seeded draw within the stratum), so even
+    the grades top-k retrieval rarely reaches get their floor. Slots a short stratum leaves free go to the highest
+    grades first (the rare, valuable ones), so every query keeps ``per_grade × n_grades`` pairs where its pool
+    allows. Deterministic for a given pool and seed."""
+    keep = []
+    target = per_grade * n_grades
+    for qid, g in pool.groupby("query_id", sort=True):
+        rng = np.random.default_rng([seed, int(sha256_text(qid)[:8], 16)])
+        strata = {k: rng.permutation(g.index[g.predicted_grade == k].to_numpy().copy()).tolist() for k in range(n_grades)}
+        chosen = []
+        for k in range(n_grades):
+            chosen += strata[k][:per_grade]
+            strata[k] = strata[k][per_grade:]
+        for k in reversed(range(n_grades)):
+            take = max(0, target - len(chosen))
+            chosen += strata[k][:take]
+        keep += sorted(chosen)
+    return pool.loc[keep].reset_index(drop=True)
 
 
 def pending_pairs(date: str, judge_version: str, paths: Paths) -> pd.DataFrame:

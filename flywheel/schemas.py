@@ -38,6 +38,7 @@ CANDIDATES = pa.schema([
     pa.field("dense_rank", pa.int32()),
     pa.field("bm25_score", pa.float32()),
     pa.field("dense_score", pa.float32()),
+    pa.field("predicted_grade", pa.int8()),                # cheap pre-judge grade used for stratification
 ])
 
 GOLDEN_LABELS = pa.schema([
