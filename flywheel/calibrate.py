@@ -17,6 +17,7 @@ from flywheel.features import FeatureExtractor
 from flywheel.golden import human_agreement, load_golden
 from flywheel.judge import OfflineJudge
 from flywheel.policy import load_policy
+from flywheel.selection import draw_exemplars, query_folds, select
 from flywheel.settings import Paths
 
 
@@ -57,37 +58,17 @@ def calibrate(cfg: FlywheelConfig, paths: Paths, progress=None) -> dict:
     calib, test = golden.pairs("calibration"), golden.pairs("test")
     ceiling = {s: human_agreement(golden.labels[golden.labels.split == s]) for s in ("calibration", "test")}
     if cfg.judge.backend == "openai":
-        from flywheel.judge import OpenAIJudge
-        judge = OpenAIJudge(policy, cfg.judge.openai_model, cfg.judge.openai_base_url, settings=cfg.judge.online_settings())
-        cj = judge.judge(calib)
-        ok = (cj.parse_status == "ok").to_numpy()
-        metrics = (_with_ci(cj.grade[ok].astype(int).to_numpy(), calib.aggregated_grade[ok].to_numpy()) if ok.any()
-                   else {"qwk": float("nan"), "n": 0})
-        metrics["unparsed_rate"] = float(1 - ok.mean())
-        metrics["status"] = cj.parse_status.value_counts().to_dict()
-        metrics["usage"] = {k: v for k, v in judge.last_run.items() if k != "failures"}
-        gate = calibration_gate(metrics, cfg.judge.min_qwk)
-        out = {"judge_version": judge.version, "backend": "openai", "model": judge.model,
-               "policy_version": policy.version, "calibration": metrics, "human_ceiling": ceiling,
-               "gate": {"passed": gate.passed, "reason": gate.reason}, "threshold": cfg.judge.min_qwk,
-               "golden_grades": _grades(calib, cj)}
-        from flywheel.probes import probe_judge
+        return _calibrate_openai(cfg, paths, policy, golden, calib, test, ceiling)
 
-        sample = calib.sample(min(cfg.judge.probe_pairs, len(calib)), random_state=cfg.seed)
-        out["bias_probes"] = probe_judge(judge, sample, golden.documents, cfg.seed)
-        if cfg.judge.judge_test_split:
-            tj = judge.judge(test)
-            tok = (tj.parse_status == "ok").to_numpy()
-            if tok.any():
-                out["test"] = _with_ci(tj.grade[tok].astype(int).to_numpy(), test.aggregated_grade[tok].to_numpy())
-            out["golden_grades"] += _grades(test, tj)
-        return out
-
-    ext = context.extractor(cfg, paths, progress)
+    yc = calib.aggregated_grade.to_numpy(dtype=float)
+    selection = None
+    prompts = cfg.judge.lm_prompts if "upr" in cfg.judge.features else cfg.judge.lm_prompts[:1]
+    if len(prompts) > 1:
+        selection = _select_lm_prompt(cfg, paths, policy, calib, yc, prompts, progress)
+    ext = context.extractor(cfg, paths, progress, selection["chosen"] if selection else None)
     both = pd.concat([calib, test], ignore_index=True)
     feats_all = ext.transform(both)
     fc, ft = feats_all.iloc[:len(calib)].reset_index(drop=True), feats_all.iloc[len(calib):].reset_index(drop=True)
-    yc = calib.aggregated_grade.to_numpy(dtype=float)
     cv = _cv_grades(policy, ext, calib, fc, yc, cfg.judge.cv_folds)
     metrics = _with_ci(cv, yc)
     metrics["unparsed_rate"] = 0.0
@@ -120,9 +101,99 @@ def calibrate(cfg: FlywheelConfig, paths: Paths, progress=None) -> dict:
         "weights": dict(zip(ext.features, judge.weights.round(4).tolist())), "cuts": judge.cuts.round(4).tolist(),
         "calibration": metrics, "test": test_metrics, "bm25_baseline_test": baseline, "human_ceiling": ceiling,
         "gate": {"passed": gate.passed, "reason": gate.reason}, "threshold": cfg.judge.min_qwk,
-        "bias_probes": probes,
+        "bias_probes": probes, "selection": selection,
         "worst_disagreements": worst.to_dict("records"),
         "golden_grades": _grades(calib, pd.DataFrame({"grade": cv, "parse_status": "ok"}, index=calib.index))
         + _grades(test, test_grades),
         "golden_hash": golden.content_hash,
     }
+
+
+def _select_lm_prompt(cfg, paths, policy, calib, yc, prompts, progress) -> dict:
+    """Pick the LM feature's prompt variant on a development fold (2-fold CV inside it), then fit the winner on the
+    whole development fold and grade the held-out fold once."""
+    fold = query_folds(calib, {"dev": 1, "heldout": 1}, cfg.seed).to_numpy()
+    dev, held = fold == "dev", fold == "heldout"
+    cal_dev = calib[dev].reset_index(drop=True)
+    exts = {}
+
+    def ext_for(v):
+        return exts.setdefault(v, context.extractor(cfg, paths, progress, v))
+
+    def dev_qwk(v):
+        e = ext_for(v)
+        f = e.transform(cal_dev)
+        return _with_ci(_cv_grades(policy, e, cal_dev, f, yc[dev], 2), yc[dev])
+
+    def heldout(v):
+        e = ext_for(v)
+        f = e.transform(calib)
+        j = OfflineJudge(policy, e).fit(calib[dev], yc[dev], f[dev])
+        return _with_ci(j.judge(calib[held], f[held]).grade.to_numpy(), yc[held])
+
+    out = select(list(prompts), dev_qwk, heldout)
+    return {"kind": "lm_prompt", **out, "dev_queries": int(calib[dev].query_id.nunique()),
+            "heldout_queries": int(calib[held].query_id.nunique())}
+
+
+def _openai_metrics(judged: pd.DataFrame, pairs: pd.DataFrame) -> dict:
+    ok = (judged.parse_status == "ok").to_numpy()
+    m = (_with_ci(judged.grade[ok].astype(int).to_numpy(), pairs.aggregated_grade[ok].to_numpy()) if ok.any()
+         else {"qwk": float("nan"), "n": 0})
+    m["unparsed_rate"] = float(1 - ok.mean()) if len(ok) else 0.0
+    m["status"] = judged.parse_status.value_counts().to_dict()
+    return m
+
+
+def _calibrate_openai(cfg, paths, policy, golden, calib, test, ceiling) -> dict:
+    from flywheel.judge import OpenAIJudge
+    from flywheel.policy import Policy
+    from flywheel.probes import probe_judge
+
+    def make(examples=None):
+        pol = policy if examples is None else Policy.model_validate({**policy.model_dump(), "examples": examples})
+        return OpenAIJudge(pol, cfg.judge.openai_model, cfg.judge.openai_base_url,
+                           settings=cfg.judge.online_settings())
+
+    selection, gate_pairs = None, calib
+    if cfg.judge.exemplar_sets:
+        # exemplar pool | development | held-out, by query: no pair is ever graded with itself in the prompt
+        fold = query_folds(calib, {"pool": 2, "dev": 3, "heldout": 3}, cfg.seed).to_numpy()
+        pool, dev, held = (calib[fold == f].reset_index(drop=True) for f in ("pool", "dev", "heldout"))
+        rng = np.random.default_rng(cfg.seed)
+        sets = {"policy": [e.model_dump() for e in policy.examples]}
+        for i in range(cfg.judge.exemplar_sets):
+            sets[f"golden-{i + 1}"] = draw_exemplars(pool, len(policy.scale), rng)
+        held_run = {}
+
+        def heldout(v):
+            held_run["judge"] = make(sets[v])
+            held_run["judged"] = held_run["judge"].judge(held)
+            return _openai_metrics(held_run["judged"], held)
+
+        out = select(list(sets), lambda v: _openai_metrics(make(sets[v]).judge(dev), dev), heldout)
+        selection = {"kind": "exemplars", **out, "exemplars": sets[out["chosen"]],
+                     "pool_queries": int(pool.query_id.nunique()), "dev_queries": int(dev.query_id.nunique()),
+                     "heldout_queries": int(held.query_id.nunique())}
+        judge, cj = held_run["judge"], held_run["judged"]
+        gate_pairs, metrics = held, dict(out["heldout"])     # the gate reads the fold no choice was made on
+    else:
+        judge = make()
+        cj = judge.judge(calib)
+        metrics = _openai_metrics(cj, calib)
+    metrics["usage"] = {k: v for k, v in judge.last_run.items() if k != "failures"}
+    gate = calibration_gate(metrics, cfg.judge.min_qwk)
+    context.save_judge_spec(judge, paths)
+    out = {"judge_version": judge.version, "backend": "openai", "model": judge.model,
+           "policy_version": policy.version, "calibration": metrics, "human_ceiling": ceiling,
+           "gate": {"passed": gate.passed, "reason": gate.reason}, "threshold": cfg.judge.min_qwk,
+           "golden_grades": _grades(gate_pairs, cj), "selection": selection}
+    sample = gate_pairs.sample(min(cfg.judge.probe_pairs, len(gate_pairs)), random_state=cfg.seed)
+    out["bias_probes"] = probe_judge(judge, sample, golden.documents, cfg.seed)
+    if cfg.judge.judge_test_split:
+        tj = judge.judge(test)
+        tok = (tj.parse_status == "ok").to_numpy()
+        if tok.any():
+            out["test"] = _with_ci(tj.grade[tok].astype(int).to_numpy(), test.aggregated_grade[tok].to_numpy())
+        out["golden_grades"] += _grades(test, tj)
+    return out

@@ -30,6 +30,12 @@ class JudgeConfig(BaseModel):
     backend: Literal["offline", "openai"] = "offline"
     features: list[Literal["upr", "bm25", "cosine"]] = ["upr", "bm25", "cosine"]
     lm: Literal["gemma3-270m"] = "gemma3-270m"        # the LM behind the 'upr' feature
+    # candidate prompt variants of the LM feature (models.upr.PROMPTS); with more than one, calibration picks the
+    # best on a development fold of the calibration split and reports it on the held-out fold
+    lm_prompts: list[Literal["portal", "generic", "question"]] = Field(["portal"], min_length=1)
+    # openai backend: candidate few-shot exemplar sets drawn from the golden calibration split (one pair per
+    # grade), tried beside the policy's own examples on a development fold; 0 = the policy's examples only
+    exemplar_sets: int = Field(0, ge=0, le=20)
     max_doc_tokens: int = Field(96, ge=8, le=1024)
     openai_model: str = "gpt-4o-mini"
     openai_base_url: str | None = None                # any OpenAI-compatible endpoint; key from OPENAI_API_KEY

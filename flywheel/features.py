@@ -52,7 +52,7 @@ class FeatureExtractor:
 
     def __init__(self, retriever: HybridRetriever, features=FEATURES_ALL, lm_path: str | Path | None = None,
                  cache_dir: str | Path | None = None, max_doc_tokens: int = 96, progress=None,
-                 fields: tuple[str, ...] = ("title", "text")):
+                 fields: tuple[str, ...] = ("title", "text"), lm_prompt: str = "portal"):
         unknown = set(features) - set(FEATURES_ALL)
         if unknown:
             raise ValueError(f"unknown judge feature(s) {sorted(unknown)}; choose from {FEATURES_ALL}")
@@ -61,8 +61,10 @@ class FeatureExtractor:
         self.retriever, self.features = retriever, tuple(features)
         self.lm_path, self.max_doc_tokens, self.progress = lm_path, max_doc_tokens, progress
         self.fields = tuple(fields)   # the policy's document_fields: what the LM reads of each document
+        self.lm_prompt = lm_prompt    # a name in models.upr.PROMPTS
         self.tag = sha256_text(str(Path(lm_path).name) if lm_path else "", str(max_doc_tokens), "upr-v1",
-                               *([] if self.fields == ("title", "text") else self.fields))[:12]
+                               *([] if self.fields == ("title", "text") else self.fields),
+                               *([] if lm_prompt == "portal" else [lm_prompt]))[:12]
         self.cache = UprCache(Path(cache_dir) / f"upr-{self.tag}") if (cache_dir and lm_path) else None
         self._scorer = None
 
@@ -73,7 +75,8 @@ class FeatureExtractor:
         if todo:
             if self._scorer is None:
                 from models.upr import QueryLikelihoodScorer
-                self._scorer = QueryLikelihoodScorer(self.lm_path, max_doc_tokens=self.max_doc_tokens)
+                self._scorer = QueryLikelihoodScorer(self.lm_path, max_doc_tokens=self.max_doc_tokens,
+                                                     prompt=self.lm_prompt)
             sub = pairs.iloc[todo]
             # Score in slices and commit each, so a crash loses at most one slice of LM work.
             new = {}

@@ -116,7 +116,7 @@ class OfflineJudge:
     @property
     def prompt_hash(self) -> str:
         from models import upr
-        return sha256_text(upr.DOC_PROMPT, upr.NULL_PROMPT)[:16]
+        return sha256_text(*upr.PROMPTS[getattr(self.extractor, "lm_prompt", "portal")])[:16]
 
     @property
     def version(self) -> str:

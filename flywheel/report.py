@@ -43,6 +43,16 @@ def tables(summary: dict) -> list[tuple[str, list[str], list[list]]]:
                                                               "mean judge grade"],
                     [[dim, k, v["n"], v["qwk"], v["exact"], v["within_one"], v["mean_judge_grade"]]
                      for dim, vals in test["slices"].items() for k, v in vals.items()]))
+    sel = cal.get("selection")
+    if sel:
+        h = sel["heldout"]
+        out.append((f"Judge {sel['kind'].replace('_', ' ')} chosen on a development fold ({sel['dev_queries']} "
+                     f"queries), measured on a held-out fold ({sel['heldout_queries']} queries)",
+                    ["candidate", "dev QWK", "chosen", "held-out QWK", "held-out 95% CI"],
+                    [[r["variant"], r["dev_qwk"], "yes" if r["chosen"] else "",
+                      h["qwk"] if r["chosen"] else None,
+                      f"{h['qwk_ci95'][0]:.3f}–{h['qwk_ci95'][1]:.3f}" if r["chosen"] and h.get("qwk_ci95") else ""]
+                     for r in sel["candidates"]]))
     probes = cal.get("bias_probes")
     if probes:
         out.append(("Bias probes: share of labels that change", ["probe", "pairs", "flip rate", "up rate",
@@ -119,6 +129,13 @@ def calibration_text(s: dict) -> str:
         lines.append(f"  {dim}: " + "; ".join(
             f"{k} n={v['n']} exact={v['exact']:.2f} ±1={v['within_one']:.2f}"
             + (f" qwk={v['qwk']:.2f}" if v["qwk"] is not None else "") for k, v in vals.items()))
+    sel = s.get("selection")
+    if sel:
+        lines.append(f"{sel['kind'].replace('_', ' ')} chosen on a development fold ({sel['dev_queries']} queries): "
+                     + ", ".join(f"{r['variant']} {r['dev_qwk']:.3f}" + (" *" if r["chosen"] else "")
+                                 for r in sel["candidates"])
+                     + f"; held-out fold ({sel['heldout_queries']} queries): {sel['chosen']} QWK "
+                       f"{sel['heldout']['qwk']:.3f}")
     for k, v in (s.get("bias_probes") or {}).items():
         if v["flip_rate"] is not None:
             lines.append(f"bias probe {k}: {v['flip_rate']:.1%} of {v['n']} labels change ({v['up_rate']:.1%} up)")

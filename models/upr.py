@@ -15,6 +15,14 @@ import torch
 
 DOC_PROMPT = "Dataset: {doc}\nA user searching an open-data portal for this dataset typed:"
 NULL_PROMPT = "A user searching an open-data portal typed:"
+# Candidate prompt variants (document prompt, null prompt): calibration picks the one that agrees best with the
+# human raters on a development fold and reports it on a held-out fold (flywheel.selection).
+PROMPTS = {
+    "portal": (DOC_PROMPT, NULL_PROMPT),
+    "generic": ("Document: {doc}\nSearch query:", "Search query:"),
+    "question": ("Passage: {doc}\nPlease write a question based on this passage.\nQuestion:",
+                 "Please write a question.\nQuestion:"),
+}
 
 
 def gemma_checkpoint(models_dir: Path) -> Path:
@@ -51,7 +59,10 @@ def load_lm(path: str):
 
 
 class QueryLikelihoodScorer:
-    def __init__(self, path: str | Path, max_doc_tokens: int = 96, batch_size: int = 16):
+    def __init__(self, path: str | Path, max_doc_tokens: int = 96, batch_size: int = 16, prompt: str = "portal"):
+        if prompt not in PROMPTS:
+            raise ValueError(f"unknown LM prompt {prompt!r}; choose from {sorted(PROMPTS)}")
+        self.doc_prompt, self.null_prompt = PROMPTS[prompt]
         self.path = str(path)
         self.tok, self.model = load_lm(self.path)
         self.max_doc_tokens, self.batch_size = max_doc_tokens, batch_size
@@ -84,7 +95,7 @@ class QueryLikelihoodScorer:
 
     def score(self, queries: list[str], docs: list[str], progress=None) -> list[float]:
         qids = [self._query_ids(q) for q in queries]
-        null_prefix = self.tok(NULL_PROMPT)["input_ids"]
+        null_prefix = self.tok(self.null_prompt)["input_ids"]
         uniq = sorted(set(queries))
         prior = {}
         for s in range(0, len(uniq), self.batch_size):
@@ -96,7 +107,7 @@ class QueryLikelihoodScorer:
         prefixes = []
         for d in docs:
             doc_ids = self.tok(d, add_special_tokens=False)["input_ids"][: self.max_doc_tokens]
-            prefixes.append(self.tok(DOC_PROMPT.format(doc=self.tok.decode(doc_ids)))["input_ids"])
+            prefixes.append(self.tok(self.doc_prompt.format(doc=self.tok.decode(doc_ids)))["input_ids"])
         order = sorted(range(len(docs)), key=lambda i: len(prefixes[i]) + len(qids[i]))
         for s in range(0, len(order), self.batch_size):
             idx = order[s:s + self.batch_size]
