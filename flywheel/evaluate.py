@@ -22,7 +22,7 @@ def _speed(fn, n: int) -> float:
 
 
 def evaluate_all(rungs: dict, judge_version: str, run_id: str, cfg: FlywheelConfig, paths: Paths) -> dict:
-    from models.cross_encoder import load_ranker, score_pairs
+    from models.ranker import load_ranker, score_pairs
 
     test = load_golden(cfg.resolve(cfg.golden)).pairs("test")
     systems: dict[str, dict] = {}

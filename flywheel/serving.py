@@ -85,7 +85,7 @@ def _get(url: str, data: dict | None = None, timeout: float = 60.0) -> dict:
 
 def offline_scorer(checkpoint: str):
     """Scores exactly as training and evaluation do: the checkpoint and its contract, loaded directly."""
-    from models.cross_encoder import load_ranker, score_pairs
+    from models.ranker import load_ranker, score_pairs
 
     model, tok, contract = load_ranker(checkpoint)
     return lambda df: score_pairs(model, tok, contract, df["query"].tolist(), df.title.tolist(), df.text.tolist())

@@ -3,34 +3,18 @@
 A ranker is a :class:`BertMeanPoolRanker`: the encoder reads query and document together (one forward pass per
 pair), and the relevance logit is ``sim_scale · cos(mean(query tokens), mean(document tokens)) + w·mean(all)
 + b`` — mean pooling is how MiniLM was pretrained, so the untrained ranker already ranks like the bi-encoder
-and training refines it. Plus its scoring contract (``scoring_contract.json``): how to build the input text, the maximum length and the score transform.
-Every consumer — training, evaluation, the scoring service — loads both through :func:`load_ranker`, so they
-score identically. Smaller rungs keep a subset of the encoder's layers (``layers``).
+and training refines it. Plus its scoring contract (``models.ranker.ScoringContract``). Every consumer — training, evaluation, the
+scoring service — loads both through ``models.ranker.load_ranker``, so they score identically. Smaller rungs keep a subset of the encoder's layers (``layers``).
 """
 
 from __future__ import annotations
-
-import json
-from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
 from transformers import BertModel, BertPreTrainedModel
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-CONTRACT_FILE = "scoring_contract.json"
-
-
-@dataclass(frozen=True)
-class ScoringContract:
-    family: str = "encoder"
-    template: str = "{title}. {text}"     # document side; the query is the first segment
-    max_length: int = 128
-    score: str = "logit"                  # the raw logit of the single output; higher = more relevant
-
-    def doc_text(self, title: str, text: str) -> str:
-        return self.template.format(title=title, text=text)
+from models.ranker import ScoringContract  # noqa: E402,F401  (re-exported: the contract lives in models.ranker)
 
 
 class BertMeanPoolRanker(BertPreTrainedModel):
@@ -88,12 +72,9 @@ def build_cross_encoder(layers: list[int] | None = None, base: str | None = None
 
 
 def keep_layers(model, layers: list[int]) -> None:
-    """Keep only the given encoder layers (whole-layer structured pruning); config stays loadable."""
-    blocks = model.bert.encoder.layer
-    if not layers or max(layers) >= len(blocks):
-        raise ValueError(f"layers {layers} out of range for a {len(blocks)}-layer encoder")
-    model.bert.encoder.layer = nn.ModuleList([blocks[i] for i in layers])
-    model.config.num_hidden_layers = len(layers)
+    from models.prune import keep_layers as keep
+
+    keep(model, layers)
 
 
 def count_params(model, non_embedding: bool = True) -> int:
@@ -104,43 +85,7 @@ def count_params(model, non_embedding: bool = True) -> int:
     return int(total)
 
 
-def save_ranker(model, tokenizer, contract: ScoringContract, path: str | Path) -> Path:
-    path = Path(path)
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    (path / CONTRACT_FILE).write_text(json.dumps(asdict(contract), indent=2))
-    return path
-
-
-def load_ranker(path: str | Path):
-    from transformers import AutoTokenizer
-
-    path = Path(path)
-    if not (path / CONTRACT_FILE).exists():
-        raise FileNotFoundError(f"{path} has no {CONTRACT_FILE}: a ranker must ship its scoring contract")
-    contract = ScoringContract(**json.loads((path / CONTRACT_FILE).read_text()))
-    model = BertMeanPoolRanker.from_pretrained(path).eval()
-    return model, AutoTokenizer.from_pretrained(path), contract
-
-
-def encode_pairs(tokenizer, contract: ScoringContract, queries: list[str], titles: list[str], texts: list[str]):
+def encode_pairs(tokenizer, contract, queries: list[str], titles: list[str], texts: list[str]):
     docs = [contract.doc_text(t, x) for t, x in zip(titles, texts)]
     return tokenizer(queries, docs, truncation="only_second", max_length=contract.max_length,
                      padding=True, return_tensors="pt")
-
-
-@torch.inference_mode()
-def score_pairs(model, tokenizer, contract: ScoringContract, queries: list[str], titles: list[str],
-                texts: list[str], batch_size: int = 64) -> list[float]:
-    """Batched, length-bucketed scoring; results come back in input order."""
-    model.eval()
-    order = sorted(range(len(queries)), key=lambda i: len(queries[i]) + len(titles[i]) + len(texts[i]))
-    out = [0.0] * len(queries)
-    for s in range(0, len(order), batch_size):
-        idx = order[s:s + batch_size]
-        enc = encode_pairs(tokenizer, contract, [queries[i] for i in idx], [titles[i] for i in idx],
-                           [texts[i] for i in idx])
-        logits = model(**enc).logits[:, 0]                      # [B]
-        for i, v in zip(idx, logits.tolist()):
-            out[i] = v
-    return out

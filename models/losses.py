@@ -31,3 +31,27 @@ def margin_mse(student: torch.Tensor, teacher: torch.Tensor, group: torch.Tensor
     ds = student[:, None] - student[None, :]
     dt = teacher[:, None] - teacher[None, :]
     return ((ds - dt) ** 2)[same].mean()
+
+
+def ranknet(student: torch.Tensor, target: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
+    """RankNet (Burges et al. 2005) over pairs (i, j) of the same query with target_i > target_j:
+    mean log(1 + exp(−(s_i − s_j))). [N], [N], [N] -> []; 0 when no query has an ordered pair."""
+    ordered = (group[:, None] == group[None, :]) & (target[:, None] > target[None, :])
+    if not ordered.any():
+        return student.sum() * 0.0
+    diff = student[:, None] - student[None, :]
+    return F.softplus(-diff)[ordered].mean()
+
+
+def listnet_kl(student: torch.Tensor, target: torch.Tensor, group: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """ListNet / listwise KL (Cao et al. 2007): per query q, KL(softmax(t_q / τ) ‖ softmax(s_q / τ)), averaged over
+    queries with at least two items. ``target`` is the teacher's scores (or graded labels). [N], [N], [N] -> []"""
+    losses = []
+    for g in torch.unique(group):
+        m = group == g
+        if int(m.sum()) < 2:
+            continue
+        p = F.softmax(target[m] / temperature, dim=0)
+        log_q = F.log_softmax(student[m] / temperature, dim=0)
+        losses.append((p * (torch.log(p.clamp_min(1e-12)) - log_q)).sum())
+    return torch.stack(losses).mean() if losses else student.sum() * 0.0

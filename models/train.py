@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from models.cross_encoder import encode_pairs
-from models.losses import margin_mse, pointwise_soft_bce, score_mse
+from models.ranker import encode_pairs
+from models.losses import listnet_kl, margin_mse, pointwise_soft_bce, ranknet, score_mse
 
 
 @dataclass
@@ -24,6 +24,8 @@ class TrainConfig:
     weight_decay: float = 0.01
     warmup_frac: float = 0.1
     margin_weight: float = 1.0     # weight of MarginMSE in distillation
+    listwise_weight: float = 0.0   # weight of the listwise KL (ListNet) over each query's items, in distillation
+    ranknet_weight: float = 0.0    # weight of RankNet over each query's ordered pairs, on labels
     seed: int = 0
     max_steps: int | None = None
 
@@ -46,8 +48,9 @@ def train_ranker(model, tokenizer, contract, pairs: pd.DataFrame, target: str, m
                  cfg: TrainConfig = TrainConfig(), progress=None) -> list[float]:
     """Train in place. pairs: query_id, query, title, text and the ``target`` column.
 
-    mode "labels": pointwise soft BCE on ``target`` (grade / max grade, in [0, 1]);
-    mode "distill": MSE to the teacher scores in ``target`` plus ``margin_weight`` × MarginMSE.
+    mode "labels": pointwise soft BCE on ``target`` (grade / max grade, in [0, 1]) + ``ranknet_weight`` × RankNet;
+    mode "distill": MSE to the teacher scores in ``target`` + ``margin_weight`` × MarginMSE
+    + ``listwise_weight`` × ListNet KL.
     Returns the loss of every step.
     """
     if mode not in {"labels", "distill"}:
@@ -72,10 +75,15 @@ def train_ranker(model, tokenizer, contract, pairs: pd.DataFrame, target: str, m
             enc = encode_pairs(tokenizer, contract, sub["query"].tolist(), sub.title.tolist(), sub.text.tolist())
             logits = model(**enc).logits[:, 0]                                  # [B]
             y = torch.tensor(sub[target].to_numpy(), dtype=torch.float32)       # [B]
+            group = torch.tensor(qidx[b])
             if mode == "labels":
                 loss = pointwise_soft_bce(logits, y)
+                if cfg.ranknet_weight:
+                    loss = loss + cfg.ranknet_weight * ranknet(logits, y, group)
             else:
-                loss = score_mse(logits, y) + cfg.margin_weight * margin_mse(logits, y, torch.tensor(qidx[b]))
+                loss = score_mse(logits, y) + cfg.margin_weight * margin_mse(logits, y, group)
+                if cfg.listwise_weight:
+                    loss = loss + cfg.listwise_weight * listnet_kl(logits, y, group)
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from flywheel.evaluation import ndcg_at_10
-from models.cross_encoder import (ScoringContract, build_cross_encoder, count_params, load_ranker, save_ranker,
-                                  score_pairs)
+from models.cross_encoder import build_cross_encoder
+from models.ranker import ScoringContract, count_params, load_ranker, save_ranker, score_pairs
 from models.prune import block_influence, prune_layers
 from models.train import TrainConfig, train_ranker
 

@@ -9,7 +9,8 @@ from flywheel.settings import get_paths
 
 @pytest.fixture(scope="module")
 def rung(tmp_path_factory):
-    from models.cross_encoder import ScoringContract, build_cross_encoder, count_params, save_ranker
+    from models.cross_encoder import build_cross_encoder
+    from models.ranker import ScoringContract, count_params, save_ranker
 
     model, tok = build_cross_encoder([0])
     path = save_ranker(model, tok, ScoringContract(max_length=32), tmp_path_factory.mktemp("r") / "ranker")
@@ -39,7 +40,7 @@ def test_registered_model_scores_like_the_checkpoint(rung):
     import mlflow.pyfunc
     import pandas as pd
 
-    from models.cross_encoder import load_ranker, score_pairs
+    from models.ranker import load_ranker, score_pairs
 
     paths = get_paths()
     info = log_ranker(rung, {"ndcg@10": 0.8}, {}, paths, "test-registry-roundtrip")

