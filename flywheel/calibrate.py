@@ -131,7 +131,7 @@ def _select_lm_prompt(cfg, paths, policy, calib, yc, prompts, progress) -> dict:
         j = OfflineJudge(policy, e).fit(calib[dev], yc[dev], f[dev])
         return _with_ci(j.judge(calib[held], f[held]).grade.to_numpy(), yc[held])
 
-    out = select(list(prompts), dev_qwk, heldout)
+    out = select(list(prompts), dev_qwk, heldout, cfg.judge.selection_min_gain)
     return {"kind": "lm_prompt", **out, "dev_queries": int(calib[dev].query_id.nunique()),
             "heldout_queries": int(calib[held].query_id.nunique())}
 
@@ -171,7 +171,8 @@ def _calibrate_openai(cfg, paths, policy, golden, calib, test, ceiling) -> dict:
             held_run["judged"] = held_run["judge"].judge(held)
             return _openai_metrics(held_run["judged"], held)
 
-        out = select(list(sets), lambda v: _openai_metrics(make(sets[v]).judge(dev), dev), heldout)
+        out = select(list(sets), lambda v: _openai_metrics(make(sets[v]).judge(dev), dev), heldout,
+                     cfg.judge.selection_min_gain)
         selection = {"kind": "exemplars", **out, "exemplars": sets[out["chosen"]],
                      "pool_queries": int(pool.query_id.nunique()), "dev_queries": int(dev.query_id.nunique()),
                      "heldout_queries": int(held.query_id.nunique())}

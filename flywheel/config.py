@@ -36,6 +36,7 @@ class JudgeConfig(BaseModel):
     # openai backend: candidate few-shot exemplar sets drawn from the golden calibration split (one pair per
     # grade), tried beside the policy's own examples on a development fold; 0 = the policy's examples only
     exemplar_sets: int = Field(0, ge=0, le=20)
+    selection_min_gain: float = Field(0.02, ge=0)       # dev-fold QWK a candidate must gain over the incumbent
     max_doc_tokens: int = Field(96, ge=8, le=1024)
     openai_model: str = "gpt-4o-mini"
     openai_base_url: str | None = None                # any OpenAI-compatible endpoint; key from OPENAI_API_KEY

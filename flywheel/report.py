@@ -47,7 +47,7 @@ def tables(summary: dict) -> list[tuple[str, list[str], list[list]]]:
     if sel:
         h = sel["heldout"]
         out.append((f"Judge {sel['kind'].replace('_', ' ')} chosen on a development fold ({sel['dev_queries']} "
-                     f"queries), measured on a held-out fold ({sel['heldout_queries']} queries)",
+                     f"queries), measured on a held-out fold ({sel['heldout_queries']} queries): {sel['reason']}",
                     ["candidate", "dev QWK", "chosen", "held-out QWK", "held-out 95% CI"],
                     [[r["variant"], r["dev_qwk"], "yes" if r["chosen"] else "",
                       h["qwk"] if r["chosen"] else None,
@@ -135,7 +135,7 @@ def calibration_text(s: dict) -> str:
                      + ", ".join(f"{r['variant']} {r['dev_qwk']:.3f}" + (" *" if r["chosen"] else "")
                                  for r in sel["candidates"])
                      + f"; held-out fold ({sel['heldout_queries']} queries): {sel['chosen']} QWK "
-                       f"{sel['heldout']['qwk']:.3f}")
+                       f"{sel['heldout']['qwk']:.3f} ({sel['reason']})")
     for k, v in (s.get("bias_probes") or {}).items():
         if v["flip_rate"] is not None:
             lines.append(f"bias probe {k}: {v['flip_rate']:.1%} of {v['n']} labels change ({v['up_rate']:.1%} up)")

@@ -42,15 +42,30 @@ def draw_exemplars(pool: pd.DataFrame, n_grades: int, rng: np.random.Generator, 
     return out
 
 
-def select(candidates: list[str], dev_qwk: Callable[[str], dict], heldout: Callable[[str], dict]) -> dict:
-    """Score every candidate on the development fold, keep the best QWK (first on ties), measure it once on the
-    held-out fold. ``dev_qwk``/``heldout`` return agreement dicts (with at least ``qwk``)."""
+def select(candidates: list[str], dev_qwk: Callable[[str], dict], heldout: Callable[[str], dict],
+           min_gain: float = 0.0) -> dict:
+    """Score every candidate on the development fold and measure the chosen one once on the held-out fold.
+
+    The first candidate is the incumbent (the policy's own examples, the default prompt): another replaces it only
+    when its development QWK is higher by at least ``min_gain`` — on a few dozen queries, smaller differences are
+    noise, and chasing them picks a worse judge as often as a better one. ``dev_qwk``/``heldout`` return agreement
+    dicts (with at least ``qwk``)."""
     rows = []
     for name in candidates:
         m = dev_qwk(name)
         rows.append({"variant": name, "dev_qwk": float(m["qwk"]), "dev_n": int(m.get("n", 0)),
                      "dev_qwk_ci95": m.get("qwk_ci95")})
     best = max(rows, key=lambda r: (np.nan_to_num(r["dev_qwk"], nan=-2.0), -rows.index(r)))
+    first = rows[0]
+    gain = np.nan_to_num(best["dev_qwk"], nan=-2.0) - np.nan_to_num(first["dev_qwk"], nan=-2.0)
+    if best is not first and gain < min_gain:
+        reason = (f"kept {first['variant']}: the best candidate ({best['variant']}) gains {gain:.3f} QWK on the "
+                  f"development fold, less than the {min_gain:.3f} required")
+        best = first
+    else:
+        reason = (f"{best['variant']} is the incumbent and the best" if best is first else
+                  f"{best['variant']} beats {first['variant']} by {gain:.3f} QWK on the development fold")
     for r in rows:
         r["chosen"] = r is best
-    return {"chosen": best["variant"], "candidates": rows, "heldout": heldout(best["variant"])}
+    return {"chosen": best["variant"], "reason": reason, "min_gain": min_gain, "candidates": rows,
+            "heldout": heldout(best["variant"])}

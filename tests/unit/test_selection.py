@@ -30,6 +30,11 @@ def test_select_takes_the_best_development_score_and_measures_only_it_on_held_ou
                  lambda v: seen.append(v) or {"qwk": 0.5})
     assert out["chosen"] == "b" and seen == ["b"]
     assert [r["chosen"] for r in out["candidates"]] == [False, True, False]
+    # a gain smaller than min_gain keeps the incumbent (the first candidate), and says so
+    out = select(["a", "b", "c"], lambda v: {"qwk": dev[v] if v != "a" else 0.62}, lambda v: {"qwk": 0.5}, 0.02)
+    assert out["chosen"] == "a" and "less than the 0.020 required" in out["reason"]
+    out = select(["a", "b"], lambda v: {"qwk": {"a": 0.60, "b": 0.63}[v]}, lambda v: {"qwk": 0.5}, 0.02)
+    assert out["chosen"] == "b"
     # a candidate that cannot be scored (nan) never wins
     out = select(["x", "y"], lambda v: {"qwk": float("nan") if v == "x" else -0.1}, lambda v: {"qwk": 0})
     assert out["chosen"] == "y"
@@ -70,7 +75,7 @@ def test_openai_calibration_chooses_exemplars_on_dev_and_labels_with_them(monkey
         cfg = load_config("configs/production.yaml")
         cfg = cfg.model_copy(update={"judge": cfg.judge.model_copy(update={
             "openai_base_url": server.base_url, "exemplar_sets": 3, "judge_test_split": False, "probe_pairs": 8,
-            "min_qwk": 0.0})})
+            "min_qwk": 0.0, "selection_min_gain": 0.0})})
         paths = get_paths()
         out = calibrate(cfg, paths)
         sel = out["selection"]

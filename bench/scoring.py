@@ -1,0 +1,161 @@
+"""Naive versus optimised scoring of the same decoder ranker, side by side in one run.
+
+    python bench/scoring.py [--model gemma3-270m|qwen3-0.6b|qwen3-mini] [--queries 8] [--docs 24]
+
+naive:     one pair per forward pass, full-vocabulary logits at every position, then logit(yes) − logit(no) — how
+           a newcomer writes it with transformers (under torch.no_grad, same tokens as the contract).
+optimised: models.ranker.score_pairs — each query's prefix (instruction + query) run once and its key/value cache
+           reused, documents batched and length-bucketed, right padding, only the two output rows yes/no,
+           inference mode.
+
+Prints items/s of each, the ratio, the largest score difference between the two (they must agree), and the
+optimised scorer's achieved FLOP/s (useful FLOPs over real tokens: 2 × non-embedding parameters per token plus
+attention over the context) as a fraction of this CPU's float32 matmul peak, measured here with torch.mm.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from flywheel.settings import configure_environment  # noqa: E402
+
+
+def matmul_peak(seconds: float = 3.0) -> float:
+    """Best float32 FLOP/s of square matrix products on this machine (all threads torch uses)."""
+    import torch
+
+    best = 0.0
+    for n in (1024, 2048, 3072):
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        torch.mm(a, b)
+        reps, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds / 3:
+            torch.mm(a, b)
+            reps += 1
+        best = max(best, 2 * n ** 3 * reps / (time.perf_counter() - t0))
+    return best
+
+
+def build_model(name: str, paths):
+    import torch
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    from models import decoder as dec
+    from models.ranker import decoder_contract
+
+    if name == "gemma3-270m":
+        from models.upr import gemma_checkpoint
+
+        lm, tok = dec.load_causal_lm(gemma_checkpoint(paths.models))
+        contract = decoder_contract(tok, max_length=160, bos=True)
+    else:
+        from flywheel.golden import load_golden
+
+        g = load_golden()
+        tok = dec.train_bpe_tokenizer((g.documents.title + ". " + g.documents.text).tolist() + g.queries.text.tolist())
+        if name == "qwen3-0.6b":     # the Qwen3-0.6B shape (random weights: speed only)
+            cfg = Qwen3Config(vocab_size=151936, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
+                              num_attention_heads=16, num_key_value_heads=8, head_dim=128, tie_word_embeddings=True,
+                              pad_token_id=tok.pad_token_id, max_position_embeddings=2048)
+            torch.manual_seed(0)
+            lm = Qwen3ForCausalLM(cfg).eval()
+        else:
+            lm = dec.build_tiny_qwen3(tok, name)
+        contract = decoder_contract(tok, max_length=160)
+    return dec.DecoderRanker(lm, contract.yes_token_id, contract.no_token_id).eval(), tok, contract
+
+
+def useful_flops(model, tok, contract, queries, titles, texts) -> float:
+    """FLOPs of the optimised path over real tokens: prefix once per query, document + cue per pair."""
+    from models.decoder import segments
+    from models.ranker import count_params
+
+    cfg = model.config
+    n = count_params(model, non_embedding=True)
+    attn_width = cfg.num_attention_heads * getattr(cfg, "head_dim", cfg.hidden_size // cfg.num_attention_heads)
+    layers = cfg.num_hidden_layers
+    total, seen = 0.0, set()
+    for q, t, x in zip(queries, titles, texts):
+        p, s = segments(tok, contract, q, contract.doc_text(t, x))
+        tokens = [] if q in seen else list(range(len(p)))
+        seen.add(q)
+        tokens += list(range(len(p), len(p) + len(s)))
+        for pos in tokens:      # weights: 2 FLOPs per parameter; attention: QK and AV over pos+1 keys
+            total += 2 * n + layers * 4 * attn_width * (pos + 1)
+        total += 2 * cfg.hidden_size                     # the two-row head
+    return total
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="gemma3-270m", choices=["gemma3-270m", "qwen3-0.6b", "qwen3-mini", "qwen3-tiny"])
+    ap.add_argument("--queries", type=int, default=8)
+    ap.add_argument("--docs", type=int, default=24, help="documents per query")
+    ap.add_argument("--naive-pairs", type=int, default=24, help="pairs timed the naive way (it is slow)")
+    ap.add_argument("--batch", type=int, default=64)
+    a = ap.parse_args()
+    paths = configure_environment()
+    import numpy as np
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+
+    from flywheel.golden import load_golden
+    from models.decoder import encode_pairs
+    from models.ranker import count_params, score_pairs
+
+    console = Console()
+    g = load_golden()
+    rng = np.random.default_rng(0)
+    qs = g.queries.text.sample(a.queries, random_state=0).tolist()
+    docs = g.documents.sample(a.queries * a.docs, random_state=1, replace=len(g.documents) < a.queries * a.docs)
+    queries = [q for q in qs for _ in range(a.docs)]
+    titles, texts = docs.title.tolist(), docs.text.tolist()
+    model, tok, contract = build_model(a.model, paths)
+    console.print(f"model {a.model}: {model.config.num_hidden_layers} layers, hidden {model.config.hidden_size}, "
+                  f"vocab {model.config.vocab_size}, {count_params(model) / 1e6:.1f}M non-embedding parameters; "
+                  f"{len(queries)} pairs ({a.queries} queries × {a.docs} documents); torch threads "
+                  f"{torch.get_num_threads()}")
+
+    # naive: one pair per forward, full-vocabulary logits
+    sub = rng.choice(len(queries), size=min(a.naive_pairs, len(queries)), replace=False)
+    naive = []
+    with torch.no_grad():
+        model.lm(**{k: v for k, v in encode_pairs(tok, contract, [queries[0]], [titles[0]], [texts[0]]).items()
+                    if k != "last_index"})                                                    # warm-up
+        t0 = time.perf_counter()
+        for i in sub:
+            enc = encode_pairs(tok, contract, [queries[i]], [titles[i]], [texts[i]])
+            logits = model.lm(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits[0, -1]
+            naive.append(float(logits[contract.yes_token_id] - logits[contract.no_token_id]))
+        naive_s = time.perf_counter() - t0
+    naive_ips = len(sub) / naive_s
+
+    score_pairs(model, tok, contract, queries[:a.docs], titles[:a.docs], texts[:a.docs], a.batch)   # warm-up
+    t0 = time.perf_counter()
+    opt = score_pairs(model, tok, contract, queries, titles, texts, a.batch)
+    opt_s = time.perf_counter() - t0
+    opt_ips = len(queries) / opt_s
+    diff = float(np.max(np.abs(np.array(naive) - np.array(opt)[sub])))
+    flops = useful_flops(model, tok, contract, queries, titles, texts)
+    peak = matmul_peak()
+
+    tab = Table(title=f"Scoring {a.model} on this CPU (same model, same pairs)")
+    for c in ("scorer", "pairs", "seconds", "items/s", "× naive"):
+        tab.add_column(c, justify="right" if c != "scorer" else "left")
+    tab.add_row("naive (per pair, full vocabulary)", str(len(sub)), f"{naive_s:.2f}", f"{naive_ips:.1f}", "1.0")
+    tab.add_row("optimised (shared prefix, batched, 2-row head)", str(len(queries)), f"{opt_s:.2f}", f"{opt_ips:.1f}",
+                f"{opt_ips / naive_ips:.1f}")
+    console.print(tab)
+    console.print(f"max |naive − optimised| score: {diff:.2e}")
+    console.print(f"optimised scorer: {flops / opt_s / 1e9:.1f} GFLOP/s useful; float32 matmul peak "
+                  f"{peak / 1e9:.1f} GFLOP/s → {flops / opt_s / peak:.0%} of peak")
+
+
+if __name__ == "__main__":
+    main()
