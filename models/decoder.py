@@ -48,7 +48,7 @@ class DecoderRanker(nn.Module):
     def forward(self, input_ids=None, attention_mask=None, last_index=None, **_):
         h = self.hidden(input_ids, attention_mask)                                  # [B, T, H]
         h_last = h[torch.arange(h.shape[0]), last_index]                          # [B, H]
-        return SequenceClassifierOutput(logits=(h_last @ self.head())[:, None])   # [B, 1]
+        return SequenceClassifierOutput(logits=(h_last.float() @ self.head().float())[:, None])   # [B, 1]
 
     def save_pretrained(self, path, **kw):
         self.lm.save_pretrained(path, **kw)
@@ -131,7 +131,7 @@ def score_query_shared_prefix(model: DecoderRanker, tokenizer, contract, query: 
         h = dec(input_ids=ids, attention_mask=mask, cache=cache, position_ids=pos,
                 use_cache=True).last_hidden_state                                      # [b, S, H]
         last = torch.tensor([len(x) - 1 for x in suf])
-        vals = h[torch.arange(len(idx)), last] @ head                                  # [b]
+        vals = h[torch.arange(len(idx)), last].float() @ head.float()                  # [b]
         for i, v in zip(idx, vals.tolist()):
             out[i] = v
     return out
