@@ -56,16 +56,23 @@ def daily_flywheel(cfg: FlywheelConfig = FlywheelConfig(), date: str | None = No
     all_labels_fp = labels["fingerprint"] + ":" + cal["judge_version"]
     teacher = train.train_teacher(cal["judge_version"], all_labels_fp, cfg)
     mid = train.distil("mid", teacher, cal["judge_version"], cfg)
-    student = train.distil("student", mid, cal["judge_version"], cfg)
+    eng, events = None, None
+    if cfg.engagement.enabled:
+        events = train.engagement_events(date, cfg, seed["golden_hash"])
+        eng = train.train_engagement_teacher(events["fingerprint"], cfg)
+    student = train.distil("student", mid, cal["judge_version"], cfg, eng)
     clock.record("5 teacher → mid → student", t, " → ".join(
-        f"{r['layers']}L/{r['params_non_embedding'] / 1e6:.1f}M" for r in (teacher, mid, student)))
+        f"{r['layers']}L/{r['params_non_embedding'] / 1e6:.1f}M" for r in (teacher, mid, student))
+        + (f"; student also distilled from the engagement teacher ({'SIMULATED' if events['simulated'] else 'real'}"
+           f" clicks, weight {cfg.engagement.weight}, observed on {student.get('engagement_observed_share', 0):.0%}"
+           " of pairs)" if eng else ""))
     t = time.perf_counter()
     pruned = train.prune_student(student, cal["judge_version"], cfg)
     clock.record("6 prune student", t, f"kept layers {pruned['kept_layers']} of {student['layers']}")
 
     t = time.perf_counter()
     rungs = {"teacher": teacher, "mid": mid, "student": student, "student_pruned": pruned}
-    ev = evaluate.evaluate(rungs, cal["judge_version"], cfg)
+    ev = evaluate.evaluate(rungs | ({"engagement_teacher": eng} if eng else {}), cal["judge_version"], cfg)
     lineage = {"policy_version": pol["version"], "judge_version": cal["judge_version"],
                "labels": labels["fingerprint"], "date": date, "golden": seed["golden_hash"]}
     reg = register.register_models(rungs, ev, lineage, cfg)
@@ -78,7 +85,7 @@ def daily_flywheel(cfg: FlywheelConfig = FlywheelConfig(), date: str | None = No
     clock.record("8 deploy", t, f"service {dep.get('action', dep.get('skipped'))}; max |served − offline| = "
                                 f"{dep.get('max_abs_diff', float('nan')):.1e} over {dep.get('pairs_checked', 0)} pairs")
     summary = {"date": date, "config": cfg.name, "stages": clock.stages, "calibration": cal, "labels": labels,
-               "rungs": rungs, "evaluation": ev, "promotion": promo, "deploy": dep,
+               "rungs": rungs, "engagement": events, "evaluation": ev, "promotion": promo, "deploy": dep,
                "notes": ["The offline judge is a calibrated linear scorer over Gemma 3 270M query likelihood, BM25 "
                          "and MiniLM cosine — not a prompted LLM.",
                          "Parameter counts exclude embedding tables (they cost no compute per token).",

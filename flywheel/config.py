@@ -101,6 +101,21 @@ class LadderConfig(BaseModel):
         return self
 
 
+class EngagementConfig(BaseModel):
+    """The engagement teacher and its share of the student's loss. ``simulate`` writes click logs from the
+    position-based click model of flywheel.engagement (the demo has no real logs); production sets it false and
+    loads real logs into ``engagement_events``."""
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = True
+    simulate: bool = True
+    sessions_per_query: float = Field(30.0, gt=0)
+    eta: float = Field(1.0, ge=0)          # position bias: P(examine | rank r) = (1/r)^eta
+    eps: float = Field(0.05, ge=0, le=1)   # click noise on irrelevant documents
+    beta: float = Field(0.3, ge=0, le=1)   # P(apply | click) at the top grade
+    weight: float = Field(0.3, ge=0)       # weight of the engagement term in the student's loss
+    epochs: int = Field(2, ge=1)
+
+
 class FanoutConfig(BaseModel):
     """How the labelling stage fans out: ``shards`` mapped Prefect tasks (by query), run on the flow's default
     thread pool or, with ``task_runner: dask``, on a Dask cluster through prefect-dask."""
@@ -133,6 +148,7 @@ class FlywheelConfig(BaseModel):
     ])
     promotion: PromotionConfig = PromotionConfig()
     fanout: FanoutConfig = FanoutConfig()
+    engagement: EngagementConfig = EngagementConfig()
     registered_model: str = "flywheel-ranker"
     serve_port: int = Field(8765, ge=1024, le=65535)
     seed: int = 0

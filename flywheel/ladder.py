@@ -173,21 +173,94 @@ def teacher_scores(parent: dict, judge_version: str, paths: Paths) -> pd.DataFra
     return have
 
 
-def distil(rung_name: str, parent: dict, judge_version: str, cfg: FlywheelConfig, paths: Paths, progress=None) -> dict:
+def simulate_engagement(date: str, cfg: FlywheelConfig, paths: Paths) -> dict:
+    """Write the day's simulated engagement_events (flywheel.engagement's click model over the human grades)."""
+    from flywheel.engagement import simulate_day
+    from flywheel.golden import load_golden
+
+    e = cfg.engagement
+    golden = load_golden(cfg.resolve(cfg.golden))
+    ret = context.retriever(paths)
+    rows = simulate_day(date, golden, lambda p: ret.pair_features(p).bm25, e.eta, e.eps, e.beta,
+                        e.sessions_per_query, cfg.seed)
+    lk = context.lake(paths)
+    lk.write("engagement_events", rows, date=date)
+    by_pos = rows.groupby("position").agg(impressions=("impressions", "sum"), clicks=("clicks", "sum"))
+    ctr = (by_pos.clicks / by_pos.impressions.clip(lower=1)).round(4)
+    return {"date": date, "simulated": True, "rows": int(len(rows)), "impressions": int(rows.impressions.sum()),
+            "clicks": int(rows.clicks.sum()), "applies": int(rows.applies.sum()),
+            "ctr_by_position": {int(k): float(v) for k, v in ctr.head(5).items()},
+            "fingerprint": lk.fingerprint("engagement_events")}
+
+
+def train_engagement_teacher(events_fingerprint: str, cfg: FlywheelConfig, paths: Paths, progress=None) -> dict:
+    """The engagement teacher: the teacher rung's architecture trained on position-debiased engagement targets."""
+    from flywheel.engagement import engagement_targets
+    from models.train import TrainConfig, train_ranker
+
+    lk = context.lake(paths)
+    events = lk.read("engagement_events")
+    targets = engagement_targets(events, cfg.engagement.eta)
+    if targets.empty:
+        raise ValueError("no engagement_events: load click logs (or set engagement.simulate) before training the "
+                         "engagement teacher, or set engagement.enabled: false")
+    q = lk.read("queries")[["query_id", "text", "split"]].rename(columns={"text": "query"})
+    d = lk.read("documents")[["doc_id", "title", "text"]]
+    pairs = targets.merge(q, on="query_id").merge(d, on="doc_id")
+    if (pairs.split == "test").any():
+        raise RuntimeError("engagement on golden test queries reached training")
+    rung = cfg.ladder.rungs[0]
+    key = sha256_text(events_fingerprint, rung.model_dump_json(), cfg.engagement.model_dump_json())[:12]
+    out = paths.models / "ladder" / f"engagement-{key}"
+    t = time.time()
+    model, tok, contract = build_rung(rung, paths, cfg.seed)
+    losses = train_ranker(model, tok, contract, pairs, "engagement", "labels",
+                          TrainConfig(epochs=cfg.engagement.epochs, lr=rung.lr, batch_size=cfg.ladder.batch_size,
+                                      seed=cfg.seed), progress)
+    _save_atomic(model, tok, contract, out)
+    return _summary(out, losses, time.time() - t, rung="engagement", train_pairs=int(len(pairs)),
+                    simulated=bool(events.simulated.any()))
+
+
+def distil(rung_name: str, parent: dict, judge_version: str, cfg: FlywheelConfig, paths: Paths, progress=None,
+           engagement: dict | None = None) -> dict:
+    """Distil ``rung_name`` from ``parent``'s stored scores; with ``engagement`` (a trained engagement teacher),
+    multi-teacher: + ``cfg.engagement.weight`` × MSE to the engagement teacher's scores (mapped onto the
+    relevance teacher's scale), counted only on pairs where engagement was observed."""
     from models.train import TrainConfig, train_ranker
 
     rung = next(r for r in cfg.ladder.rungs if r.name == rung_name)
     pairs = teacher_scores(parent, judge_version, paths)
-    key = sha256_text(parent["model_version"], rung.model_dump_json(), str(cfg.ladder.batch_size))[:12]
+    aux = {}
+    if engagement is not None and cfg.engagement.weight > 0:
+        from flywheel.engagement import engagement_targets
+
+        eng = teacher_scores(engagement, judge_version, paths)[["query_id", "doc_hash", "teacher_score"]]
+        e = eng.teacher_score.to_numpy(dtype=float)
+        r = pairs.teacher_score.to_numpy(dtype=float)
+        scaled = (e - e.mean()) / (e.std() + 1e-9) * r.std() + r.mean()
+        pairs = pairs.merge(eng.assign(engagement_score=scaled).drop(columns="teacher_score"),
+                            on=["query_id", "doc_hash"], how="left")
+        seen = engagement_targets(context.lake(paths).read("engagement_events"), cfg.engagement.eta)
+        seen_keys = set(zip(seen.query_id, seen.doc_id))
+        pairs["engagement_mask"] = [float((q, d) in seen_keys) for q, d in zip(pairs.query_id, pairs.doc_id)]
+        aux = {"aux_target": "engagement_score", "aux_mask": "engagement_mask"}
+    key = sha256_text(parent["model_version"], rung.model_dump_json(), str(cfg.ladder.batch_size),
+                      *([engagement["model_version"], str(cfg.engagement.weight)] if aux else []))[:12]
     out = paths.models / "ladder" / f"{rung_name}-{key}"
     t = time.time()
     model, tok, contract = build_rung(rung, paths, cfg.seed, parent=parent)
     losses = train_ranker(model, tok, contract, pairs, "teacher_score", "distill",
                           TrainConfig(epochs=rung.epochs, lr=rung.lr * 2, batch_size=cfg.ladder.batch_size,
-                                      seed=cfg.seed), progress)
+                                      seed=cfg.seed, aux_weight=cfg.engagement.weight if aux else 0.0),
+                          progress, **aux)
     _save_atomic(model, tok, contract, out)
+    extra = {}
+    if aux:
+        extra = {"engagement_teacher": engagement["model_version"], "engagement_weight": cfg.engagement.weight,
+                 "engagement_observed_share": round(float(pairs.engagement_mask.mean()), 4)}
     return _summary(out, losses, time.time() - t, rung=rung_name, parent=parent["model_version"],
-                    train_pairs=int(len(pairs)))
+                    train_pairs=int(len(pairs)), **extra)
 
 
 def prune_student(student: dict, judge_version: str, cfg: FlywheelConfig, paths: Paths, progress=None) -> dict:

@@ -55,3 +55,11 @@ def listnet_kl(student: torch.Tensor, target: torch.Tensor, group: torch.Tensor,
         log_q = F.log_softmax(student[m] / temperature, dim=0)
         losses.append((p * (torch.log(p.clamp_min(1e-12)) - log_q)).sum())
     return torch.stack(losses).mean() if losses else student.sum() * 0.0
+
+
+def masked_mse(student: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Σ_i m_i (s_i − t_i)² / N: a teacher term that only counts where the teacher had evidence (e.g. engagement
+    observed). Averaged over the whole batch, not over the masked items, so a batch with one observed item does not
+    give that item the weight of a full batch. [N], [N], [N] (0/1) -> []"""
+    m = mask.to(student.dtype)
+    return (m * (student - target) ** 2).sum() / max(1, student.numel())

@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 
 from models.ranker import encode_pairs
-from models.losses import listnet_kl, margin_mse, pointwise_soft_bce, ranknet, score_mse
+from models.losses import listnet_kl, margin_mse, masked_mse, pointwise_soft_bce, ranknet, score_mse
 
 
 @dataclass
@@ -26,6 +26,7 @@ class TrainConfig:
     margin_weight: float = 1.0     # weight of MarginMSE in distillation
     listwise_weight: float = 0.0   # weight of the listwise KL (ListNet) over each query's items, in distillation
     ranknet_weight: float = 0.0    # weight of RankNet over each query's ordered pairs, on labels
+    aux_weight: float = 0.0        # weight of a second teacher's masked MSE term (multi-teacher distillation)
     seed: int = 0
     max_steps: int | None = None
 
@@ -45,12 +46,14 @@ def _batches(pairs: pd.DataFrame, batch_size: int, rng: np.random.Generator) -> 
 
 
 def train_ranker(model, tokenizer, contract, pairs: pd.DataFrame, target: str, mode: str,
-                 cfg: TrainConfig = TrainConfig(), progress=None) -> list[float]:
+                 cfg: TrainConfig = TrainConfig(), progress=None, aux_target: str | None = None,
+                 aux_mask: str | None = None) -> list[float]:
     """Train in place. pairs: query_id, query, title, text and the ``target`` column.
 
     mode "labels": pointwise soft BCE on ``target`` (grade / max grade, in [0, 1]) + ``ranknet_weight`` × RankNet;
     mode "distill": MSE to the teacher scores in ``target`` + ``margin_weight`` × MarginMSE
-    + ``listwise_weight`` × ListNet KL.
+    + ``listwise_weight`` × ListNet KL + ``aux_weight`` × MSE to a second teacher's scores in ``aux_target``,
+    counted only where ``aux_mask`` is 1 (multi-teacher: e.g. engagement, masked where nothing was observed).
     Returns the loss of every step.
     """
     if mode not in {"labels", "distill"}:
@@ -84,6 +87,10 @@ def train_ranker(model, tokenizer, contract, pairs: pd.DataFrame, target: str, m
                 loss = score_mse(logits, y) + cfg.margin_weight * margin_mse(logits, y, group)
                 if cfg.listwise_weight:
                     loss = loss + cfg.listwise_weight * listnet_kl(logits, y, group)
+                if cfg.aux_weight and aux_target:
+                    aux = torch.tensor(sub[aux_target].fillna(0.0).to_numpy(), dtype=torch.float32)
+                    m = torch.tensor(sub[aux_mask].to_numpy(), dtype=torch.float32)
+                    loss = loss + cfg.aux_weight * masked_mse(logits, aux, m)
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

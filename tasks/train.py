@@ -4,7 +4,7 @@ from prefect import task
 
 from flywheel import ladder as lib
 from flywheel.config import FlywheelConfig
-from tasks._common import content_key, paths, progress
+from tasks._common import artifact, content_key, paths, progress
 
 
 @task(name="train-teacher", retries=1, retry_delay_seconds=1, cache_key_fn=content_key, persist_result=True)
@@ -14,9 +14,32 @@ def train_teacher(judge_version: str, labels_fp: str, cfg: FlywheelConfig) -> di
 
 
 @task(name="distil-rung", retries=1, retry_delay_seconds=1, cache_key_fn=content_key, persist_result=True)
-def distil(rung: str, parent: dict, judge_version: str, cfg: FlywheelConfig) -> dict:
-    with progress(f"distil {parent['rung']} → {rung}", None) as advance:
-        return lib.distil(rung, parent, judge_version, cfg, paths(), progress=advance)
+def distil(rung: str, parent: dict, judge_version: str, cfg: FlywheelConfig, engagement: dict | None = None) -> dict:
+    teachers = parent["rung"] + (" + engagement" if engagement else "")
+    with progress(f"distil {teachers} → {rung}", None) as advance:
+        return lib.distil(rung, parent, judge_version, cfg, paths(), progress=advance, engagement=engagement)
+
+
+@task(name="engagement-events", retries=2, retry_delay_seconds=1, cache_key_fn=content_key, persist_result=True)
+def engagement_events(date: str, cfg: FlywheelConfig, golden_hash: str) -> dict:
+    """Simulated click logs for the day (engagement.simulate), else what the engagement_events table holds."""
+    if cfg.engagement.simulate:
+        out = lib.simulate_engagement(date, cfg, paths())
+        artifact("engagement", f"**{date}** (SIMULATED click model): {out['impressions']} impressions, "
+                 f"{out['clicks']} clicks, {out['applies']} applies; CTR by position {out['ctr_by_position']}")
+        return out
+    from flywheel import context
+
+    lk = context.lake(paths())
+    return {"date": date, "simulated": False, "rows": int(len(lk.read("engagement_events"))),
+            "fingerprint": lk.fingerprint("engagement_events")}
+
+
+@task(name="train-engagement-teacher", retries=1, retry_delay_seconds=1, cache_key_fn=content_key,
+      persist_result=True)
+def train_engagement_teacher(events_fp: str, cfg: FlywheelConfig) -> dict:
+    with progress("train engagement teacher", None) as advance:
+        return lib.train_engagement_teacher(events_fp, cfg, paths(), progress=advance)
 
 
 @task(name="prune-student", retries=1, retry_delay_seconds=1, cache_key_fn=content_key, persist_result=True)

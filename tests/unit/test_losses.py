@@ -47,3 +47,11 @@ def test_listnet_kl_matches_hand_computed_value_and_vanishes_at_the_teacher():
     expected = sum(pi * math.log(pi / qi) for pi, qi in zip(p, q))
     assert abs(listnet_kl(s, t, g).item() - expected) < 1e-6
     assert abs(listnet_kl(t + 3.0, t, g).item()) < 1e-7          # shift-invariant: a shifted teacher is perfect
+
+
+def test_masked_mse_counts_only_observed_items():
+    from models.losses import masked_mse
+
+    s, t = torch.tensor([1.0, 2.0, 10.0]), torch.tensor([0.0, 0.0, 0.0])
+    assert abs(masked_mse(s, t, torch.tensor([1, 1, 0])).item() - 5 / 3) < 1e-6   # (1 + 4) / 3; 100 ignored
+    assert masked_mse(s, t, torch.tensor([0, 0, 0])).item() == 0.0
