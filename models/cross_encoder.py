@@ -14,7 +14,6 @@ from torch import nn
 from transformers import BertModel, BertPreTrainedModel
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from models.ranker import ScoringContract  # noqa: E402,F401  (re-exported: the contract lives in models.ranker)
 
 
 class BertMeanPoolRanker(BertPreTrainedModel):

@@ -1,6 +1,5 @@
 """Batch mode: submit, record the batch id, poll across runs, ingest, resubmit failed lines — no pair twice."""
 
-import pytest
 
 from flywheel import labeling
 from flywheel.config import load_config

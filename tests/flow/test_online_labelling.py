@@ -3,7 +3,6 @@ nothing lost, nothing duplicated, a completed day costs 0 requests, and a budget
 
 import asyncio
 
-import pandas as pd
 import pytest
 
 from flywheel import labeling

@@ -5,9 +5,9 @@ trains on a toy task to rank far better than chance."""
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
-from models.decoder import DecoderRanker, build_tiny_qwen3, encode_pairs, score_query_shared_prefix, train_bpe_tokenizer
+
+from models.decoder import DecoderRanker, build_tiny_qwen3, encode_pairs, train_bpe_tokenizer
 from models.prune import block_influence, prune_layers
 from models.ranker import decoder_contract, load_ranker, save_ranker, score_pairs
 

@@ -1,9 +1,7 @@
 """Cross-encoder rungs: the contract round-trips, training learns, pruning keeps loadable uniform shapes."""
 
 import numpy as np
-import pandas as pd
 import pytest
-import torch
 
 from flywheel.evaluation import ndcg_at_10
 from models.cross_encoder import build_cross_encoder

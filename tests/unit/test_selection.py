@@ -7,7 +7,6 @@ import random
 
 import numpy as np
 import pandas as pd
-import pytest
 
 from flywheel.selection import draw_exemplars, query_folds, select
 from tests.openai_stub import StubServer, overlap_reply
