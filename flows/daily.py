@@ -89,6 +89,9 @@ def daily_flywheel(cfg: FlywheelConfig = FlywheelConfig(), date: str | None = No
                "notes": ["The offline judge is a calibrated linear scorer over Gemma 3 270M query likelihood, BM25 "
                          "and MiniLM cosine — not a prompted LLM.",
                          "Parameter counts exclude embedding tables (they cost no compute per token).",
+                         *(["Engagement logs are SIMULATED by a position-based click model over the human grades "
+                            "(flywheel/engagement.py); the engagement_teacher row is trained on them."]
+                           if events and events.get("simulated") else []),
                          f"Home: {paths().home}"]}
     summary["report"] = deploy.write_report(summary)
     return summary

@@ -124,6 +124,17 @@ def golden_build(source: Path = typer.Argument(REPO_ROOT.parent / "shared" / "da
     typer.echo(json.dumps(build_socrata_golden(source, out), indent=2))
 
 
+@golden_app.command("avature")
+def golden_avature(source: Path = typer.Argument(REPO_ROOT.parent / "shared" / "datasets" / "avature_job_titles"),
+                   out: Path = typer.Option(REPO_ROOT / "golden_data" / "avature_beir"),
+                   negatives: int = typer.Option(20, help="judged negatives per query, the highest-BM25 titles")):
+    """Export the Avature job-title set (Apache-2.0) in the BEIR layout: positives + hard judged negatives,
+    queries split into dev (calibration) and test; then `flywheel import beir OUT` or bench/quality.py."""
+    from flywheel.avature import to_beir
+
+    typer.echo(json.dumps(to_beir(source, out, negatives), indent=2))
+
+
 @app.command()
 def serve(port: int = 8765, model: str = "flywheel-ranker", alias: str = "champion"):
     """Serve models:/<model>@<alias> over HTTP (POST /score, POST /reload, GET /health)."""
