@@ -68,7 +68,10 @@ def daily_flywheel(cfg: FlywheelConfig = FlywheelConfig(), date: str | None = No
            " of pairs)" if eng else ""))
     t = time.perf_counter()
     pruned = train.prune_student(student, cal["judge_version"], cfg)
-    clock.record("6 prune student", t, f"kept layers {pruned['kept_layers']} of {student['layers']}")
+    width = pruned.get("width") or {}
+    clock.record("6 prune student", t, f"kept layers {pruned['kept_layers']} of {student['layers']}"
+                 + (f"; MLP {width['intermediate_size'][0]} → {width['intermediate_size'][1]} neurons" if width else "")
+                 + f"; {pruned['params_non_embedding'] / 1e6:.1f}M non-embedding parameters")
 
     t = time.perf_counter()
     rungs = {"teacher": teacher, "mid": mid, "student": student, "student_pruned": pruned}

@@ -90,6 +90,8 @@ class LadderConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     rungs: list[RungConfig] = Field(min_length=3, max_length=3)   # teacher -> mid -> student
     prune_drop_layers: int = Field(1, ge=1)
+    prune_mlp_keep: float = Field(1.0, gt=0, le=1)        # width: share of each layer's MLP neurons kept
+    prune_kv_groups_keep: float = Field(1.0, gt=0, le=1)  # width (decoders): share of key/value head groups kept
     recovery_epochs: int = Field(2, ge=1)
     batch_size: int = Field(32, ge=2)
 

@@ -264,25 +264,36 @@ def distil(rung_name: str, parent: dict, judge_version: str, cfg: FlywheelConfig
 
 
 def prune_student(student: dict, judge_version: str, cfg: FlywheelConfig, paths: Paths, progress=None) -> dict:
-    """Drop the least influential layers of the student, then recover by distillation from the unpruned student."""
+    """Drop the least influential layers of the student (depth), then, when configured, the least important MLP
+    neurons and key/value groups of every remaining layer (width), then recover by distillation from the unpruned
+    student."""
     from models.ranker import load_ranker
     from models.prune import block_influence, prune_layers
     from models.train import TrainConfig, train_ranker
 
     pairs = teacher_scores(student, judge_version, paths)
-    key = sha256_text(student["model_version"], str(cfg.ladder.prune_drop_layers), str(cfg.ladder.recovery_epochs))[:12]
+    lc = cfg.ladder
+    key = sha256_text(student["model_version"], str(lc.prune_drop_layers), str(lc.recovery_epochs),
+                      *([str(lc.prune_mlp_keep), str(lc.prune_kv_groups_keep)]
+                        if (lc.prune_mlp_keep, lc.prune_kv_groups_keep) != (1.0, 1.0) else []))[:12]
     out = paths.models / "ladder" / f"student_pruned-{key}"
     t = time.time()
     model, tok, contract = load_ranker(student["path"])
     calib = pairs.sample(min(256, len(pairs)), random_state=cfg.seed)
     influence = block_influence(model, tok, contract, calib["query"].tolist(), calib.title.tolist(), calib.text.tolist())
     keep = prune_layers(model, influence, cfg.ladder.prune_drop_layers)
+    width = None
+    if (lc.prune_mlp_keep, lc.prune_kv_groups_keep) != (1.0, 1.0):
+        from models.prune import prune_width, width_importance
+
+        imp = width_importance(model, tok, contract, calib["query"].tolist(), calib.title.tolist(), calib.text.tolist())
+        width = prune_width(model, imp, lc.prune_mlp_keep, lc.prune_kv_groups_keep)
     losses = train_ranker(model, tok, contract, pairs, "teacher_score", "distill",
                           TrainConfig(epochs=cfg.ladder.recovery_epochs, lr=1e-4, batch_size=cfg.ladder.batch_size,
                                       seed=cfg.seed), progress)
     _save_atomic(model, tok, contract, out)
     return _summary(out, losses, time.time() - t, rung="student_pruned", parent=student["model_version"],
-                    block_influence=[round(v, 4) for v in influence], kept_layers=keep)
+                    block_influence=[round(v, 4) for v in influence], kept_layers=keep, width=width)
 
 
 def write_manifest(rungs: dict, paths: Paths) -> Path:
