@@ -37,3 +37,4 @@ def pytest_collection_modifyitems(items):
         for marker in ("unit", "data", "model", "flow"):
             if f"{os.sep}{marker}{os.sep}" in str(item.fspath):
                 item.add_marker(getattr(pytest.mark, marker))
+

@@ -7,12 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from flywheel import labeling, ladder
-from flywheel.calibrate import calibrate
-from flywheel.config import load_config
+from flywheel import ladder
 from flywheel.context import lake
-from flywheel.ingest import seed_golden
-from flywheel.settings import configure_environment
+from tests.helpers import labelled_day
 
 DATE = "2026-05-01"
 
@@ -25,12 +22,7 @@ def test_decoder_ladder_distils_prunes_registers_and_scores_consistently():
     from flywheel.registry import log_ranker, set_alias
     from models.ranker import load_contract, load_ranker, score_pairs
 
-    paths = configure_environment()
-    cfg = load_config("configs/decoder.yaml")
-    seed_golden(cfg.resolve(cfg.golden), lake(paths))
-    cal = calibrate(cfg, paths)
-    labeling.retrieve_candidates(DATE, cfg, paths)
-    labeling.label_candidates(DATE, cal, cfg, paths)
+    paths, cfg, cal = labelled_day("configs/decoder.yaml", DATE)
     jv = cal["judge_version"]
 
     teacher = ladder.train_teacher(jv, "fp", cfg, paths)

@@ -6,12 +6,9 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
-from flywheel import labeling, ladder
-from flywheel.calibrate import calibrate
-from flywheel.config import load_config
+from flywheel import ladder
 from flywheel.context import lake
-from flywheel.ingest import seed_golden
-from flywheel.settings import configure_environment
+from tests.helpers import labelled_day
 
 DATE = "2026-06-01"
 
@@ -20,12 +17,7 @@ DATE = "2026-06-01"
 def test_engagement_weight_pulls_the_student_towards_the_engagement_teacher():
     from models.ranker import load_ranker, score_pairs
 
-    paths = configure_environment()
-    cfg = load_config("configs/ci.yaml")
-    seed_golden(cfg.resolve(cfg.golden), lake(paths))
-    cal = calibrate(cfg, paths)
-    labeling.retrieve_candidates(DATE, cfg, paths)
-    labeling.label_candidates(DATE, cal, cfg, paths)
+    paths, cfg, cal = labelled_day("configs/ci.yaml", DATE)
     jv = cal["judge_version"]
     teacher = ladder.train_teacher(jv, "fp-mt", cfg, paths)
 
