@@ -24,9 +24,9 @@ class BertMeanPoolRanker(BertPreTrainedModel):
         self.sim_scale = nn.Parameter(torch.tensor(10.0))     # weight of the query–document cosine
         self.post_init()
 
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, **kwargs):
-        h = self.bert(input_ids=input_ids, attention_mask=attention_mask,
-                      token_type_ids=token_type_ids).last_hidden_state          # [B, T, H]
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, inputs_embeds=None, **kwargs):
+        h = self.bert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                      inputs_embeds=inputs_embeds).last_hidden_state          # [B, T, H]
         m = attention_mask.unsqueeze(-1).to(h.dtype)                              # [B, T, 1]
         seg = token_type_ids.unsqueeze(-1)                                        # [B, T, 1]
         q, d = _pool(h, m * (seg == 0)), _pool(h, m * (seg == 1))                 # [B, H] each
@@ -85,6 +85,17 @@ def count_params(model, non_embedding: bool = True) -> int:
 
 
 def encode_pairs(tokenizer, contract, queries: list[str], titles: list[str], texts: list[str]):
-    docs = [contract.doc_text(t, x) for t, x in zip(titles, texts)]
-    return tokenizer(queries, docs, truncation="only_second", max_length=contract.max_length,
-                     padding=True, return_tensors="pt")
+    """[CLS] query [SEP] document [SEP]; the document's tail is cut to fit ``max_length``. With soft-token
+    compression the document is ``soft_tokens`` [MASK] slots (the query is cut instead) and ``soft_mask`` marks
+    them."""
+    from models.ranker import doc_strings
+
+    soft = contract.compression == "soft"
+    docs = doc_strings(tokenizer, contract, titles, texts)
+    enc = tokenizer(queries, docs, truncation="only_first" if soft else "only_second",
+                    max_length=contract.max_length, padding=True, return_tensors="pt")
+    if soft:
+        from models.compress import placeholder_id
+
+        enc["soft_mask"] = (enc["input_ids"] == placeholder_id(tokenizer, "encoder")) & (enc["token_type_ids"] == 1)
+    return enc

@@ -45,8 +45,11 @@ class DecoderRanker(nn.Module):
     def hidden(self, input_ids, attention_mask, **kw) -> torch.Tensor:
         return self.lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, **kw).last_hidden_state
 
-    def forward(self, input_ids=None, attention_mask=None, last_index=None, **_):
-        h = self.hidden(input_ids, attention_mask)                                  # [B, T, H]
+    def forward(self, input_ids=None, attention_mask=None, last_index=None, inputs_embeds=None, **_):
+        if inputs_embeds is not None:
+            h = self.hidden(None, attention_mask, inputs_embeds=inputs_embeds)     # [B, T, H]
+        else:
+            h = self.hidden(input_ids, attention_mask)                              # [B, T, H]
         h_last = h[torch.arange(h.shape[0]), last_index]                          # [B, H]
         return SequenceClassifierOutput(logits=(h_last.float() @ self.head().float())[:, None])   # [B, 1]
 
@@ -76,6 +79,10 @@ def segments(tokenizer, contract, query: str, doc: str) -> tuple[list[int], list
     if contract.bos_token_id is not None:
         prefix = [contract.bos_token_id] + prefix
     cue = tokenizer(CUE, add_special_tokens=False)["input_ids"]
+    if contract.compression == "soft":         # the document is soft_tokens slots, filled from its embedding
+        from models.compress import placeholder_id
+
+        return prefix, [placeholder_id(tokenizer, "decoder")] * contract.soft_tokens + cue
     room = max(1, contract.max_length - len(prefix) - len(cue))
     d = tokenizer(doc, add_special_tokens=False)["input_ids"][:room]
     return prefix, d + cue
@@ -83,10 +90,13 @@ def segments(tokenizer, contract, query: str, doc: str) -> tuple[list[int], list
 
 def encode_pairs(tokenizer, contract, queries: list[str], titles: list[str], texts: list[str]) -> dict:
     """Right-padded batch: input_ids, attention_mask [B, T] and last_index [B] (the cue's last token)."""
-    seqs = []
-    for q, t, x in zip(queries, titles, texts):
-        p, s = segments(tokenizer, contract, q, contract.doc_text(t, x))
+    from models.ranker import doc_strings
+
+    seqs, starts = [], []
+    for q, d in zip(queries, doc_strings(tokenizer, contract, titles, texts)):
+        p, s = segments(tokenizer, contract, q, d)
         seqs.append(p + s)
+        starts.append(len(p))
     width = max(map(len, seqs))
     pad = contract.pad_token_id
     ids = torch.full((len(seqs), width), pad, dtype=torch.long)
@@ -94,7 +104,13 @@ def encode_pairs(tokenizer, contract, queries: list[str], titles: list[str], tex
     for i, s in enumerate(seqs):
         ids[i, :len(s)] = torch.tensor(s)
         mask[i, :len(s)] = 1
-    return {"input_ids": ids, "attention_mask": mask, "last_index": torch.tensor([len(s) - 1 for s in seqs])}
+    out = {"input_ids": ids, "attention_mask": mask, "last_index": torch.tensor([len(s) - 1 for s in seqs])}
+    if contract.compression == "soft":
+        soft = torch.zeros((len(seqs), width), dtype=torch.bool)
+        for i, p in enumerate(starts):
+            soft[i, p:p + contract.soft_tokens] = True
+        out["soft_mask"] = soft
+    return out
 
 
 @torch.inference_mode()
@@ -104,8 +120,10 @@ def score_query_shared_prefix(model: DecoderRanker, tokenizer, contract, query: 
     copied into every batch, and only the document + cue tokens are computed per pair."""
     from transformers import DynamicCache
 
+    from models.ranker import doc_strings
+
     model.eval()
-    docs = [contract.doc_text(t, x) for t, x in zip(titles, texts)]
+    docs = doc_strings(tokenizer, contract, titles, texts)
     parts = [segments(tokenizer, contract, query, d) for d in docs]
     prefix = parts[0][0]
     dec = model.lm.get_decoder()

@@ -13,6 +13,7 @@ import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+import numpy as np
 import torch
 
 CONTRACT_FILE = "scoring_contract.json"
@@ -31,6 +32,14 @@ class ScoringContract:
     no_token_id: int | None = None
     bos_token_id: int | None = None
     pad_token_id: int = 0
+    # context compression (models.compress): "none", "fields" (the policy's fields, in order, cut to doc_budget
+    # tokens) or "soft" (soft_tokens vectors projected from the embedder's document embedding replace the text)
+    compression: str = "none"
+    doc_fields: tuple = ("title", "text")
+    doc_budget: int = 0
+    soft_tokens: int = 0
+    embedder: str = ""
+    embed_dim: int = 0
 
     def doc_text(self, title: str, text: str) -> str:
         return self.template.format(title=title, text=text)
@@ -41,6 +50,8 @@ class ScoringContract:
         unknown = set(data) - {f.name for f in fields(cls)}
         if unknown:
             raise ValueError(f"scoring contract has unknown field(s) {sorted(unknown)}: written by a newer version?")
+        if "doc_fields" in data:
+            data["doc_fields"] = tuple(data["doc_fields"])
         return cls(**data)
 
 
@@ -52,6 +63,24 @@ def decoder_contract(tokenizer, max_length: int = 128, bos: bool = False, **kw) 
                            max_length=max_length, yes_token_id=yes, no_token_id=no,
                            bos_token_id=tokenizer.bos_token_id if bos else None,
                            pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0, **kw)
+
+
+def doc_strings(tokenizer, contract: ScoringContract, titles: list[str], texts: list[str]) -> list[str]:
+    """The documents as the ranker reads them: the template, or their compressed form (``fields``); with
+    ``soft`` compression the text is not read at all (empty strings; the encoders put the slots in)."""
+    if contract.compression == "soft":
+        from models.compress import placeholder_id
+
+        slot = tokenizer.convert_ids_to_tokens(placeholder_id(tokenizer, contract.family))
+        return [" ".join([slot] * contract.soft_tokens)] * len(titles)
+    if contract.compression == "fields":
+        from models.compress import compress_fields
+
+        return [compress_fields(tokenizer, [{"title": t, "text": x}[f] for f in contract.doc_fields],
+                                contract.doc_budget) for t, x in zip(titles, texts)]
+    if contract.compression != "none":
+        raise ValueError(f"unknown compression {contract.compression!r} in the scoring contract (none, fields, soft)")
+    return [contract.doc_text(t, x) for t, x in zip(titles, texts)]
 
 
 def save_ranker(model, tokenizer, contract: ScoringContract, path: str | Path) -> Path:
@@ -88,6 +117,10 @@ def load_ranker(path: str | Path):
         model = BertMeanPoolRanker.from_pretrained(path).eval()
     else:
         raise ValueError(f"{path}: unknown ranker family {contract.family!r} (encoder or decoder)")
+    if contract.compression == "soft":
+        from models.compress import SoftTokenRanker
+
+        model = SoftTokenRanker(model, contract.embed_dim, contract.soft_tokens).load_projection(path).eval()
     return model, AutoTokenizer.from_pretrained(path), contract
 
 
@@ -100,8 +133,13 @@ def encode_pairs(tokenizer, contract: ScoringContract, queries: list[str], title
 
 
 def count_params(model, non_embedding: bool = True) -> int:
-    """Parameters; with ``non_embedding`` the token-embedding tables (no per-token compute) are left out."""
+    """Parameters; with ``non_embedding`` the token-embedding tables (no per-token compute) are left out. A
+    soft-token ranker counts its projection too (though it runs once per document, not per pair)."""
+    from models.compress import SoftTokenRanker
     from models.decoder import DecoderRanker
+
+    if isinstance(model, SoftTokenRanker):
+        return count_params(model.base, non_embedding) + sum(p.numel() for p in model.proj.parameters())
 
     if isinstance(model, DecoderRanker):
         from models.decoder import count_params as cp
@@ -112,11 +150,17 @@ def count_params(model, non_embedding: bool = True) -> int:
 
 @torch.inference_mode()
 def score_pairs(model, tokenizer, contract: ScoringContract, queries: list[str], titles: list[str],
-                texts: list[str], batch_size: int = 64, shared_prefix: bool = True) -> list[float]:
+                texts: list[str], batch_size: int = 64, shared_prefix: bool = True,
+                doc_emb=None) -> list[float]:
     """Scores in input order. Batched and length-bucketed; decoder rankers compute each query's prefix once
-    (``shared_prefix``) and score the documents against its cached keys and values."""
+    (``shared_prefix``) and score the documents against its cached keys and values. Soft-token rankers need
+    ``doc_emb`` [n, embed_dim], the documents' embeddings by the contract's ``embedder``."""
     model.eval()
-    if contract.family == "decoder" and shared_prefix:
+    soft = contract.compression == "soft"
+    if soft and (doc_emb is None or len(doc_emb) != len(queries)):
+        raise ValueError(f"this ranker reads documents as {contract.soft_tokens} soft tokens: pass doc_emb, one "
+                         f"{contract.embedder} embedding per pair")
+    if contract.family == "decoder" and shared_prefix and not soft:
         from models.decoder import score_query_shared_prefix
 
         out = [0.0] * len(queries)
@@ -135,6 +179,8 @@ def score_pairs(model, tokenizer, contract: ScoringContract, queries: list[str],
         idx = order[s:s + batch_size]
         enc = encode_pairs(tokenizer, contract, [queries[i] for i in idx], [titles[i] for i in idx],
                            [texts[i] for i in idx])
+        if soft:
+            enc["doc_emb"] = torch.as_tensor(np.asarray(doc_emb)[idx], dtype=torch.float32)
         logits = model(**enc).logits[:, 0]                      # [B]
         for i, v in zip(idx, logits.tolist()):
             out[i] = v

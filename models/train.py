@@ -48,7 +48,8 @@ def _batches(pairs: pd.DataFrame, batch_size: int, rng: np.random.Generator) -> 
 def train_ranker(model, tokenizer, contract, pairs: pd.DataFrame, target: str, mode: str,
                  cfg: TrainConfig = TrainConfig(), progress=None, aux_target: str | None = None,
                  aux_mask: str | None = None) -> list[float]:
-    """Train in place. pairs: query_id, query, title, text and the ``target`` column.
+    """Train in place. pairs: query_id, query, title, text and the ``target`` column (and ``doc_emb`` for
+    soft-token rankers).
 
     mode "labels": pointwise soft BCE on ``target`` (grade / max grade, in [0, 1]) + ``ranknet_weight`` × RankNet;
     mode "distill": MSE to the teacher scores in ``target`` + ``margin_weight`` × MarginMSE
@@ -76,6 +77,8 @@ def train_ranker(model, tokenizer, contract, pairs: pd.DataFrame, target: str, m
                 break
             sub = pairs.iloc[b]
             enc = encode_pairs(tokenizer, contract, sub["query"].tolist(), sub.title.tolist(), sub.text.tolist())
+            if contract.compression == "soft":   # soft-token documents: their embeddings, column doc_emb
+                enc["doc_emb"] = torch.tensor(np.stack(sub.doc_emb.to_numpy()), dtype=torch.float32)
             logits = model(**enc).logits[:, 0]                                  # [B]
             y = torch.tensor(sub[target].to_numpy(), dtype=torch.float32)       # [B]
             group = torch.tensor(qidx[b])
