@@ -1,5 +1,5 @@
 """The daily flywheel: policy → calibration gate → candidates → labels → contract → teacher → mid → student →
-pruned student → evaluation → registry → scoring service. Run: ``python -m flows.daily [--config FILE]``."""
+pruned student → evaluation → compressed students → registry → scoring service. Run: ``python -m flows.daily [--config FILE]``."""
 
 from __future__ import annotations
 
@@ -68,27 +68,56 @@ def daily_flywheel(cfg: FlywheelConfig = FlywheelConfig(), date: str | None = No
            " of pairs)" if eng else ""))
     t = time.perf_counter()
     pruned = train.prune_student(student, cal["judge_version"], cfg)
+    curve = {f"pruned_mlp{round(r * 100)}": train.prune_student(student, cal["judge_version"], cfg, r,
+                                                                 f"pruned_mlp{round(r * 100)}")
+             for r in cfg.ladder.prune_curve if r != cfg.ladder.prune_mlp_keep}
     width = pruned.get("width") or {}
     clock.record("6 prune student", t, f"kept layers {pruned['kept_layers']} of {student['layers']}"
                  + (f"; MLP {width['intermediate_size'][0]} → {width['intermediate_size'][1]} neurons" if width else "")
-                 + f"; {pruned['params_non_embedding'] / 1e6:.1f}M non-embedding parameters")
+                 + f"; {pruned['params_non_embedding'] / 1e6:.1f}M non-embedding parameters"
+                 + (f"; {len(curve)} more pruning ratios for the size curve" if curve else ""))
 
     t = time.perf_counter()
     rungs = {"teacher": teacher, "mid": mid, "student": student, "student_pruned": pruned}
-    ev = evaluate.evaluate(rungs | ({"engagement_teacher": eng} if eng else {}), cal["judge_version"], cfg)
-    lineage = {"policy_version": pol["version"], "judge_version": cal["judge_version"],
-               "labels": labels["fingerprint"], "date": date, "golden": seed["golden_hash"]}
-    reg = register.register_models(rungs, ev, lineage, cfg)
-    promo = register.promote(reg, ev, cfg)
-    clock.record("7 evaluate + register", t, ", ".join(f"{k} {v['ndcg@10']:.3f}" for k, v in ev["systems"].items())
-                 + f"; {'promoted' if promo['promoted'] else 'kept'} champion v{promo['champion']}")
+    ev = evaluate.evaluate(rungs | curve | ({"engagement_teacher": eng} if eng else {}), cal["judge_version"], cfg)
+    acc = evaluate.accept_pruned(ev, cfg)
+    deployable = acc["deployable"]
+    clock.record("7 evaluate", t, ", ".join(f"{k} {v['ndcg@10']:.3f}" for k, v in ev["systems"].items())
+                 + f"; pruned student {acc['reason']}")
+
+    comp = None
+    if cfg.compression.enabled:
+        t = time.perf_counter()
+        cc = cfg.compression
+        compressed = {}
+        for form, sizes in (("fields", cc.field_budgets), ("soft", cc.soft_tokens)):
+            for n in sizes:
+                r = train.compress_student(rungs[deployable], form, n, cal["judge_version"], cfg)
+                compressed[r["rung"]] = r
+        comp = evaluate.evaluate_compression(compressed, deployable, rungs[deployable], teacher,
+                                             ev["systems"]["teacher"]["ndcg@10"], cfg)
+        c = comp["combined"]
+        clock.record("8 compress", t, ", ".join(
+            f"{k} {v['ndcg@10']:.3f} ({v['doc_tokens_ratio']:.0f}x shorter documents)"
+            for k, v in comp["systems"].items())
+            + (f"; {c['system']} {c['speedup']:.0f}x the teacher's naive items/s at "
+               f"{c['ndcg_ratio_to_teacher']:.1%} of its NDCG@10" if c.get("system") else ""))
 
     t = time.perf_counter()
-    dep = deploy.deploy(promo, rungs, reg, cfg, keep_serving)
-    clock.record("8 deploy", t, f"service {dep.get('action', dep.get('skipped'))}; max |served − offline| = "
+    lineage = {"policy_version": pol["version"], "judge_version": cal["judge_version"],
+               "labels": labels["fingerprint"], "date": date, "golden": seed["golden_hash"]}
+    reg = register.register_models(rungs, ev, lineage, cfg, deployable)
+    promo = register.promote(reg, ev, cfg, deployable)
+    clock.record("9 register", t, f"{deployable} registered as {cfg.registered_model}; "
+                 + f"{'promoted' if promo['promoted'] else 'kept'} champion v{promo['champion']}")
+
+    t = time.perf_counter()
+    dep = deploy.deploy(promo, rungs, reg, cfg, keep_serving, deployable)
+    clock.record("10 deploy", t, f"service {dep.get('action', dep.get('skipped'))}; max |served − offline| = "
                                 f"{dep.get('max_abs_diff', float('nan')):.1e} over {dep.get('pairs_checked', 0)} pairs")
     summary = {"date": date, "config": cfg.name, "stages": clock.stages, "calibration": cal, "labels": labels,
-               "rungs": rungs, "engagement": events, "evaluation": ev, "promotion": promo, "deploy": dep,
+               "rungs": rungs | curve, "engagement": events, "evaluation": ev, "pruning": acc,
+               "compression": comp, "promotion": promo, "deploy": dep,
                "notes": ["The offline judge is a calibrated linear scorer over Gemma 3 270M query likelihood, BM25 "
                          "and MiniLM cosine — not a prompted LLM.",
                          "Parameter counts exclude embedding tables (they cost no compute per token).",
@@ -96,6 +125,7 @@ def daily_flywheel(cfg: FlywheelConfig = FlywheelConfig(), date: str | None = No
                             "(flywheel/engagement.py); the engagement_teacher row is trained on them."]
                            if events and events.get("simulated") else []),
                          f"Home: {paths().home}"]}
+    summary["curves_run"] = register.log_curves(summary)
     summary["report"] = deploy.write_report(summary)
     return summary
 

@@ -93,6 +93,9 @@ class LadderConfig(BaseModel):
     prune_mlp_keep: float = Field(1.0, gt=0, le=1)        # width: share of each layer's MLP neurons kept
     prune_kv_groups_keep: float = Field(1.0, gt=0, le=1)  # width (decoders): share of key/value head groups kept
     recovery_epochs: int = Field(2, ge=1)
+    # more MLP keep ratios, pruned and recovered the same way, for the size-versus-NDCG curve (not deployed)
+    prune_curve: list[float] = Field([], max_length=8)
+    prune_min_ndcg_ratio: float = Field(0.98, gt=0, le=1.5)   # the pruned student must hold this share of NDCG
     batch_size: int = Field(32, ge=2)
 
     @model_validator(mode="after")
@@ -100,6 +103,8 @@ class LadderConfig(BaseModel):
         names = [r.name for r in self.rungs]
         if names != ["teacher", "mid", "student"]:
             raise ValueError(f"rungs must be named teacher, mid, student in that order; got {names}")
+        if any(not 0 < r <= 1 for r in self.prune_curve):
+            raise ValueError(f"prune_curve holds MLP keep ratios in (0, 1]; got {self.prune_curve}")
         return self
 
 
@@ -116,6 +121,27 @@ class EngagementConfig(BaseModel):
     beta: float = Field(0.3, ge=0, le=1)   # P(apply | click) at the top grade
     weight: float = Field(0.3, ge=0)       # weight of the engagement term in the student's loss
     epochs: int = Field(2, ge=1)
+
+
+class CompressionConfig(BaseModel):
+    """Context compression of the deployable student (flywheel.compression): distilled students reading
+    documents as the policy's fields cut to ``field_budgets`` tokens, or as ``soft_tokens`` vectors projected from
+    the bi-encoder's document embedding; ``curve_budgets``: zero-shot points of the input-length curve."""
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = True
+    field_budgets: list[int] = Field([8], max_length=8)
+    soft_tokens: list[int] = Field([2], max_length=8)
+    curve_budgets: list[int] = Field([4, 8, 16, 32], max_length=16)
+    pool_per_query: int = Field(24, ge=0)   # unlabelled retrieval-pool pairs per training query, for distillation
+    epochs: int = Field(3, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    projection_lr: float = Field(2e-3, gt=0)   # the soft-token projection is new: it learns faster
+
+    @model_validator(mode="after")
+    def _sizes(self):
+        if any(b < 1 for b in self.field_budgets + self.soft_tokens + self.curve_budgets):
+            raise ValueError("compression budgets and soft-token counts must be >= 1")
+        return self
 
 
 class FanoutConfig(BaseModel):
@@ -151,6 +177,7 @@ class FlywheelConfig(BaseModel):
     promotion: PromotionConfig = PromotionConfig()
     fanout: FanoutConfig = FanoutConfig()
     engagement: EngagementConfig = EngagementConfig()
+    compression: CompressionConfig = CompressionConfig()
     registered_model: str = "flywheel-ranker"
     serve_port: int = Field(8765, ge=1024, le=65535)
     seed: int = 0

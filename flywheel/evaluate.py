@@ -21,9 +21,82 @@ def _speed(fn, n: int) -> float:
     return n / (time.perf_counter() - t)
 
 
-def evaluate_all(rungs: dict, judge_version: str, run_id: str, cfg: FlywheelConfig, paths: Paths) -> dict:
+def write_results(run_id: str, systems: dict, paths: Paths) -> None:
+    now = pd.Timestamp(datetime.now(timezone.utc))
+    rows = [{"run_id": run_id, "system": s, "split": "test", "metric": "ndcg@10", "value": v["ndcg@10"],
+             "n_params": v.get("n_params"), "items_per_s": v.get("items_per_s"), "created_at": now}
+            for s, v in systems.items()]
+    df = pd.DataFrame(rows).astype({"n_params": "Int64", "items_per_s": "Float64"})
+    context.lake(paths).write("eval_results", df)
+
+
+def evaluate_rungs(rungs: dict, test: pd.DataFrame, paths: Paths) -> dict:
+    """NDCG@10, size, optimised items/s and the mean document / input tokens each rung reads, on ``test``.
+    Soft-token rungs read the documents' cached embeddings (looked up before the clock starts, as a service
+    would hold them per document version)."""
+    from models.compress import input_lengths
     from models.ranker import load_ranker, score_pairs
 
+    systems = {}
+    for name, info in rungs.items():
+        model, tok, contract = load_ranker(info["path"])
+        args = (test["query"].tolist(), test.title.tolist(), test.text.tolist())
+        kw = {}
+        if contract.compression == "soft":
+            from flywheel.compression import doc_embeddings
+
+            kw["doc_emb"] = doc_embeddings(test, paths)
+        scores: list[float] = []
+        ips = _speed(lambda: scores.extend(score_pairs(model, tok, contract, *args, **kw)), len(test))
+        doc, total = input_lengths(tok, contract, *args)
+        systems[name] = {"ndcg@10": ndcg_at_10(test, scores), "n_params": info["params_non_embedding"],
+                         "n_params_total": info["params_total"], "items_per_s": round(ips, 1),
+                         "layers": info["layers"], "model_version": info["model_version"],
+                         "doc_tokens": round(float(sum(doc) / len(doc)), 2),
+                         "input_tokens": round(float(sum(total) / len(total)), 2)}
+    return systems
+
+
+def naive_items_per_s(rung: dict, test: pd.DataFrame, n: int = 96) -> float:
+    """Items/s of ``rung`` scored one pair per forward pass (models.ranker.score_pairs_naive) on ``n`` pairs."""
+    from models.ranker import load_ranker, score_pairs_naive
+
+    model, tok, contract = load_ranker(rung["path"])
+    sub = test.head(n)
+    return round(_speed(lambda: score_pairs_naive(model, tok, contract, sub["query"].tolist(), sub.title.tolist(),
+                                                  sub.text.tolist()), len(sub)), 1)
+
+
+def evaluate_compression(compressed: dict, student_name: str, student: dict, teacher: dict, teacher_ndcg: float,
+                         cfg: FlywheelConfig, paths: Paths) -> dict:
+    """The compressed students on the golden test split, the input-length curve (with the uncompressed student
+    read zero-shot at ``compression.curve_budgets``), and the combined figure: the fastest compressed student
+    holding 95% of the teacher's NDCG@10 against the teacher scored naively, one pair per forward pass."""
+    from flywheel.compression import length_curve
+
+    test = load_golden(cfg.resolve(cfg.golden)).pairs("test")
+    systems = evaluate_rungs(compressed, test, paths)
+    base = evaluate_rungs({student_name: student}, test, paths)[student_name]
+    curve = length_curve(student, test, cfg.compression.curve_budgets)
+    for name, v in systems.items():
+        v["doc_tokens_ratio"] = round(base["doc_tokens"] / max(v["doc_tokens"], 1e-9), 2)
+        v["ndcg_ratio_to_uncompressed"] = round(v["ndcg@10"] / max(base["ndcg@10"], 1e-9), 4)
+        curve.append({"system": name, "form": compressed[name]["compression"]["form"],
+                      "budget": compressed[name]["compression"]["size"], "doc_tokens": v["doc_tokens"],
+                      "input_tokens": v["input_tokens"], "ndcg@10": v["ndcg@10"]})
+    naive = naive_items_per_s(teacher, test)
+    held = {k: v for k, v in systems.items() if v["ndcg@10"] >= 0.95 * teacher_ndcg}
+    best = max(held, key=lambda k: held[k]["items_per_s"]) if held else None
+    combined = {"teacher_naive_items_per_s": naive, "teacher_ndcg@10": teacher_ndcg, "system": best,
+                "items_per_s": held[best]["items_per_s"] if best else None,
+                "speedup": round(held[best]["items_per_s"] / naive, 1) if best else None,
+                "ndcg_ratio_to_teacher": round(held[best]["ndcg@10"] / teacher_ndcg, 4) if best else None}
+    write_results("compression-" + "-".join(v["model_version"][:8] for v in compressed.values()), systems, paths)
+    return {"student": student_name, "uncompressed": base, "systems": systems, "length_curve": curve,
+            "combined": combined}
+
+
+def evaluate_all(rungs: dict, judge_version: str, run_id: str, cfg: FlywheelConfig, paths: Paths) -> dict:
     test = load_golden(cfg.resolve(cfg.golden)).pairs("test")
     systems: dict[str, dict] = {}
     ret = context.retriever(paths)
@@ -40,19 +113,7 @@ def evaluate_all(rungs: dict, judge_version: str, run_id: str, cfg: FlywheelConf
     # Rank by grade; the judge's continuous score only breaks ties inside a grade.
     systems["judge"] = {"ndcg@10": ndcg_at_10(test[ok], j.grade[ok].astype(float) + 1e-3 * j.score[ok].fillna(0)),
                         "n_params": None}
-    for name, info in rungs.items():
-        model, tok, contract = load_ranker(info["path"])
-        args = (test["query"].tolist(), test.title.tolist(), test.text.tolist())
-        scores: list[float] = []
-        ips = _speed(lambda: scores.extend(score_pairs(model, tok, contract, *args)), len(test))
-        systems[name] = {"ndcg@10": ndcg_at_10(test, scores), "n_params": info["params_non_embedding"],
-                         "n_params_total": info["params_total"], "items_per_s": round(ips, 1),
-                         "layers": info["layers"], "model_version": info["model_version"]}
-    now = pd.Timestamp(datetime.now(timezone.utc))
-    rows = [{"run_id": run_id, "system": s, "split": "test", "metric": "ndcg@10", "value": v["ndcg@10"],
-             "n_params": v.get("n_params"), "items_per_s": v.get("items_per_s"), "created_at": now}
-            for s, v in systems.items()]
-    df = pd.DataFrame(rows).astype({"n_params": "Int64", "items_per_s": "Float64"})
-    context.lake(paths).write("eval_results", df)
+    systems |= evaluate_rungs(rungs, test, paths)
+    write_results(run_id, systems, paths)
     return {"run_id": run_id, "test_queries": int(test.query_id.nunique()), "test_pairs": int(len(test)),
             "systems": systems}

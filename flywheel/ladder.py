@@ -152,14 +152,20 @@ def train_teacher(judge_version: str, labels_fingerprint: str, cfg: FlywheelConf
 def teacher_scores(parent: dict, judge_version: str, paths: Paths) -> pd.DataFrame:
     """Scores of ``parent`` on the training pairs, from the ``teacher_scores`` table when already computed."""
     from flywheel.labeling import training_pairs
+
+    return stored_scores(parent, training_pairs(judge_version, paths), paths)
+
+
+def stored_scores(parent: dict, pairs: pd.DataFrame, paths: Paths) -> pd.DataFrame:
+    """``pairs`` (query_id, doc_id, doc_hash, query, title, text) with ``teacher_score``: ``parent``'s score, read
+    from ``teacher_scores`` (same rung and model version) where stored; the rest computed once and stored."""
     from models.ranker import load_ranker, score_pairs
 
     lk = context.lake(paths)
-    pairs = training_pairs(judge_version, paths)
     stored = lk.read("teacher_scores")
     stored = stored[(stored.teacher == parent["rung"]) & (stored.model_version == parent["model_version"])]
-    stored = stored[["query_id", "doc_hash", "score"]].rename(columns={"score": "teacher_score"})
-    have = pairs.merge(stored, on=["query_id", "doc_hash"], how="left")
+    stored = stored[["query_id", "doc_hash", "score"]].drop_duplicates(["query_id", "doc_hash"])
+    have = pairs.merge(stored.rename(columns={"score": "teacher_score"}), on=["query_id", "doc_hash"], how="left")
     missing = have.teacher_score.isna()
     if missing.any():
         model, tok, contract = load_ranker(parent["path"])
@@ -263,25 +269,26 @@ def distil(rung_name: str, parent: dict, judge_version: str, cfg: FlywheelConfig
                     train_pairs=int(len(pairs)), **extra)
 
 
-def prune_student(student: dict, judge_version: str, cfg: FlywheelConfig, paths: Paths, progress=None) -> dict:
+def prune_student(student: dict, judge_version: str, cfg: FlywheelConfig, paths: Paths, progress=None,
+                  mlp_keep: float | None = None, name: str = "student_pruned") -> dict:
     """Drop the least influential layers of the student (depth), then, when configured, the least important MLP
     neurons and key/value groups of every remaining layer (width), then recover by distillation from the unpruned
-    student."""
+    student. ``mlp_keep`` overrides ``ladder.prune_mlp_keep`` (the points of the size-versus-NDCG curve)."""
     from models.ranker import load_ranker
     from models.prune import block_influence, prune_layers
     from models.train import TrainConfig, train_ranker
 
     pairs = teacher_scores(student, judge_version, paths)
-    lc = cfg.ladder
+    lc = cfg.ladder if mlp_keep is None else cfg.ladder.model_copy(update={"prune_mlp_keep": mlp_keep})
     key = sha256_text(student["model_version"], str(lc.prune_drop_layers), str(lc.recovery_epochs),
                       *([str(lc.prune_mlp_keep), str(lc.prune_kv_groups_keep)]
                         if (lc.prune_mlp_keep, lc.prune_kv_groups_keep) != (1.0, 1.0) else []))[:12]
-    out = paths.models / "ladder" / f"student_pruned-{key}"
+    out = paths.models / "ladder" / f"{name}-{key}"
     t = time.time()
     model, tok, contract = load_ranker(student["path"])
     calib = pairs.sample(min(256, len(pairs)), random_state=cfg.seed)
     influence = block_influence(model, tok, contract, calib["query"].tolist(), calib.title.tolist(), calib.text.tolist())
-    keep = prune_layers(model, influence, cfg.ladder.prune_drop_layers)
+    keep = prune_layers(model, influence, lc.prune_drop_layers)
     width = None
     if (lc.prune_mlp_keep, lc.prune_kv_groups_keep) != (1.0, 1.0):
         from models.prune import prune_width, width_importance
@@ -292,8 +299,20 @@ def prune_student(student: dict, judge_version: str, cfg: FlywheelConfig, paths:
                           TrainConfig(epochs=cfg.ladder.recovery_epochs, lr=1e-4, batch_size=cfg.ladder.batch_size,
                                       seed=cfg.seed), progress)
     _save_atomic(model, tok, contract, out)
-    return _summary(out, losses, time.time() - t, rung="student_pruned", parent=student["model_version"],
+    return _summary(out, losses, time.time() - t, rung=name, parent=student["model_version"], mlp_keep=lc.prune_mlp_keep,
                     block_influence=[round(v, 4) for v in influence], kept_layers=keep, width=width)
+
+
+def accept_pruned(student: dict, pruned: dict, min_ratio: float = 0.98) -> dict:
+    """Deploy the pruned student only if it holds ``min_ratio`` of the student's NDCG@10 and scores measurably
+    faster (items/s, measured side by side in the same evaluation); otherwise keep the unpruned student."""
+    ratio = pruned["ndcg@10"] / max(student["ndcg@10"], 1e-9)
+    speedup = (pruned.get("items_per_s") or 0) / max(student.get("items_per_s") or 0, 1e-9)
+    ok = ratio >= min_ratio and speedup > 1.0
+    why = (f"NDCG@10 {ratio:.1%} of the student's (needs >= {min_ratio:.0%}), {speedup:.2f}x its items/s "
+           f"(needs > 1x)")
+    return {"accepted": bool(ok), "deployable": "student_pruned" if ok else "student", "ndcg_ratio": round(ratio, 4),
+            "speedup": round(speedup, 3), "reason": ("accepted: " if ok else "rejected: ") + why}
 
 
 def write_manifest(rungs: dict, paths: Paths) -> Path:

@@ -165,3 +165,25 @@ def promote_challenger(name: str, challenger_version: str, challenger_ndcg: floa
     now = alias_version(name, "champion", paths)
     return {"promoted": decision.promote, "reason": decision.reason,
             "champion": str(now.version) if now else None, "challenger": str(challenger_version)}
+
+
+def log_curves(summary: dict, paths: Paths) -> str:
+    """One MLflow run holding the size-versus-NDCG and input-length-versus-NDCG plots and their data."""
+    import matplotlib.pyplot as plt
+
+    from flywheel.report import curve_figures, size_curve
+
+    mlflow = setup_mlflow(paths)
+    comp = summary.get("compression") or {}
+    with mlflow.start_run(run_name=f"curves-{summary['date']}") as run:
+        mlflow.set_tags({"kind": "curves", "date": summary["date"]})
+        for name, fig in curve_figures(summary).items():
+            mlflow.log_figure(fig, f"{name}.png")
+            plt.close(fig)
+        mlflow.log_dict({"size_vs_ndcg": size_curve(summary), "length_vs_ndcg": comp.get("length_curve", []),
+                         "combined": comp.get("combined"), "pruning": summary.get("pruning")}, "curves.json")
+        c = comp.get("combined") or {}
+        if c.get("speedup"):
+            mlflow.log_metrics({"combined_speedup_vs_teacher_naive": c["speedup"],
+                                "combined_ndcg_ratio_to_teacher": c["ndcg_ratio_to_teacher"]})
+    return run.info.run_id

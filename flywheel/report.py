@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import html
+import io
 import os
 import uuid
 from pathlib import Path
@@ -63,7 +65,85 @@ def tables(summary: dict) -> list[tuple[str, list[str], list[list]]]:
         out.append(("Golden test split: NDCG@10, size, speed", ["system", "NDCG@10", "non-embedding params",
                                                                 "items/s (CPU)"],
                     [[k, v["ndcg@10"], v.get("n_params"), v.get("items_per_s")] for k, v in ev.items()]))
+    comp = summary.get("compression") or {}
+    acc = summary.get("pruning") or {}
+    size = size_curve(summary)
+    if size:
+        stu = (ev.get("student") or {})
+        out.append(("Pruning: size versus NDCG@10 (non-embedding parameters) — " + (acc.get("reason") or ""),
+                    ["system", "MLP kept", "layers", "non-embedding params", "NDCG@10", "vs student", "items/s",
+                     "speed-up vs student"],
+                    [[r["system"], r.get("mlp_keep"), r["layers"], r["n_params"], r["ndcg@10"],
+                      r["ndcg@10"] / stu["ndcg@10"] if stu else None, r["items_per_s"],
+                      (r["items_per_s"] or 0) / stu["items_per_s"] if stu.get("items_per_s") else None]
+                     for r in size]))
+    if comp.get("length_curve"):
+        base = comp["uncompressed"]
+        out.append((f"Context compression of {comp['student']}: input length versus NDCG@10 (zero-shot = the "
+                    "uncompressed student reading cut documents; compressed_* = distilled)",
+                    ["system", "form", "budget", "document tokens", "input tokens", "NDCG@10",
+                     "vs uncompressed", "document tokens shorter"],
+                    [[r["system"], r["form"], r["budget"], r["doc_tokens"], r["input_tokens"], r["ndcg@10"],
+                      r["ndcg@10"] / base["ndcg@10"], base["doc_tokens"] / max(r["doc_tokens"], 1e-9)]
+                     for r in comp["length_curve"]]))
+        c = comp.get("combined") or {}
+        if c.get("system"):
+            out.append(("Combined: pruned + compressed + optimised student versus the teacher scored naively "
+                        "(one pair per forward pass)", ["system", "items/s", "teacher naive items/s", "speed-up",
+                                                        "NDCG@10 vs teacher"],
+                        [[c["system"], c["items_per_s"], c["teacher_naive_items_per_s"], c["speedup"],
+                          c["ndcg_ratio_to_teacher"]]]))
     return out
+
+
+def size_curve(summary: dict) -> list[dict]:
+    """The ladder's text rungs and every pruned variant: size, NDCG@10 and speed, largest first."""
+    ev = (summary.get("evaluation") or {}).get("systems") or {}
+    rungs = summary.get("rungs") or {}
+    rows = [{"system": k, "mlp_keep": (rungs.get(k) or {}).get("mlp_keep"), **v} for k, v in ev.items()
+            if v.get("layers") is not None and k != "engagement_teacher"]
+    return sorted(rows, key=lambda r: -r["n_params"])
+
+
+def curve_figures(summary: dict) -> dict:
+    """Matplotlib figures: size versus NDCG@10 across pruning ratios, input length versus NDCG@10."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figs = {}
+    size = size_curve(summary)
+    if size:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.plot([r["n_params"] / 1e6 for r in size], [r["ndcg@10"] for r in size], "o-")
+        for r in size:
+            ax.annotate(r["system"], (r["n_params"] / 1e6, r["ndcg@10"]), fontsize=7, xytext=(3, 3),
+                        textcoords="offset points")
+        ax.set(xlabel="non-embedding parameters (M)", ylabel="NDCG@10 (golden test split)",
+               title="Size versus NDCG@10")
+        ax.grid(alpha=0.3)
+        figs["size_vs_ndcg"] = fig
+    curve = (summary.get("compression") or {}).get("length_curve") or []
+    if curve:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for form, marker in (("none", "s"), ("fields", "o"), ("soft", "^")):
+            pts = [r for r in curve if r["form"] == form]
+            zs = [r for r in pts if "zero-shot" in r["system"]]
+            tr = [r for r in pts if r not in zs]
+            if zs:
+                ax.plot([r["doc_tokens"] for r in zs], [r["ndcg@10"] for r in zs], marker + "--", alpha=0.6,
+                        label=f"{form}, zero-shot")
+            if tr:
+                ax.plot([r["doc_tokens"] for r in tr], [r["ndcg@10"] for r in tr], marker, ms=9,
+                        label=form if form == "none" else f"{form}, distilled")
+        ax.set_xscale("log")
+        ax.set(xlabel="document tokens read (mean)", ylabel="NDCG@10 (golden test split)",
+               title="Input length versus NDCG@10")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        figs["length_vs_ndcg"] = fig
+    return figs
 
 
 def markdown(summary: dict) -> str:
@@ -90,6 +170,11 @@ def write_report(summary: dict, paths: Paths) -> Path:
                         f"<tr><td>{html.escape(w['query'])}</td><td>{html.escape(w['title'])}</td>"
                         f"<td>{w['aggregated_grade']:.2f}</td><td>{w['judge_grade']}</td>"
                         f"<td>{html.escape(w['rationale'] or '')}</td></tr>" for w in worst) + "</table>")
+    for name, fig in curve_figures(summary).items():
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+        body.append(f"<h2>{html.escape(name.replace('_', ' '))}</h2><img alt='{name}' src='data:image/png;base64,"
+                    f"{base64.b64encode(buf.getvalue()).decode()}'>")
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in summary.get("notes", []))
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>Flywheel {summary['date']}</title><style>"
             "body{font-family:sans-serif;margin:2em;max-width:70em}table{border-collapse:collapse;margin-bottom:1em}"

@@ -91,6 +91,11 @@ class SoftTokenRanker(nn.Module):
         out = self.base(inputs_embeds=x, attention_mask=attention_mask, **kw)
         return SequenceClassifierOutput(logits=out.logits)
 
+    def param_groups(self, lr: float, new_lr: float | None = None) -> list[dict]:
+        """The pretrained ranker at ``lr``; the new projection at ``new_lr`` (default 10 × ``lr``)."""
+        return [{"params": list(self.base.parameters()), "lr": lr},
+                {"params": list(self.proj.parameters()), "lr": new_lr or 10 * lr}]
+
     def save_pretrained(self, path, **kw):
         from safetensors.torch import save_file
 
@@ -102,3 +107,27 @@ class SoftTokenRanker(nn.Module):
 
         self.proj.load_state_dict(load_file(str(Path(path) / PROJECTION_FILE)))
         return self
+
+
+def input_lengths(tokenizer, contract, queries: list[str], titles: list[str], texts: list[str]
+                  ) -> tuple[list[int], list[int]]:
+    """(document positions, whole-input positions) of each pair as the ranker reads it under ``contract``."""
+    from models.ranker import doc_strings, encode_pairs
+
+    if contract.family == "decoder":
+        from models.decoder import CUE, segments
+
+        cue = len(tokenizer(CUE, add_special_tokens=False)["input_ids"])
+        doc, total = [], []
+        for q, d in zip(queries, doc_strings(tokenizer, contract, titles, texts)):
+            p, s = segments(tokenizer, contract, q, d)
+            doc.append(len(s) - cue)
+            total.append(len(p) + len(s))
+        return doc, total
+    doc, total = [], []
+    for s in range(0, len(queries), 256):
+        enc = encode_pairs(tokenizer, contract, queries[s:s + 256], titles[s:s + 256], texts[s:s + 256])
+        m = enc["attention_mask"]
+        total += m.sum(1).tolist()
+        doc += ((enc["token_type_ids"] * m).sum(1) - 1).tolist()     # the document segment less its [SEP]
+    return doc, total

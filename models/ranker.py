@@ -185,3 +185,21 @@ def score_pairs(model, tokenizer, contract: ScoringContract, queries: list[str],
         for i, v in zip(idx, logits.tolist()):
             out[i] = v
     return out
+
+
+@torch.no_grad()
+def score_pairs_naive(model, tokenizer, contract: ScoringContract, queries: list[str], titles: list[str],
+                      texts: list[str]) -> list[float]:
+    """The reference a newcomer would write: one pair per forward pass, and for decoders the full-vocabulary
+    logits at every position, then logit(yes) − logit(no) at the last prompt token. Same tokens and scores as
+    :func:`score_pairs` (up to float rounding); used to measure what the optimised scorer buys."""
+    model.eval()
+    out = []
+    for q, t, x in zip(queries, titles, texts):
+        enc = encode_pairs(tokenizer, contract, [q], [t], [x])
+        if contract.family == "decoder":
+            logits = model.lm(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits[0, -1]
+            out.append(float(logits[contract.yes_token_id] - logits[contract.no_token_id]))
+        else:
+            out.append(float(model(**enc).logits[0, 0]))
+    return out

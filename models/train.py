@@ -29,6 +29,7 @@ class TrainConfig:
     aux_weight: float = 0.0        # weight of a second teacher's masked MSE term (multi-teacher distillation)
     seed: int = 0
     max_steps: int | None = None
+    new_params_lr: float | None = None   # learning rate of parameters new to a pretrained model (param_groups)
 
 
 def _batches(pairs: pd.DataFrame, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -65,7 +66,9 @@ def train_ranker(model, tokenizer, contract, pairs: pd.DataFrame, target: str, m
     qidx = pd.factorize(pairs.query_id)[0]
     per_epoch = math.ceil(len(pairs) / cfg.batch_size)
     total = per_epoch * cfg.epochs if cfg.max_steps is None else min(cfg.max_steps, per_epoch * cfg.epochs)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    groups = (model.param_groups(cfg.lr, cfg.new_params_lr) if hasattr(model, "param_groups")
+              else [{"params": list(model.parameters())}])
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     warm = max(1, int(cfg.warmup_frac * total))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warm) * max(0.0, (total - s) / max(1, total - warm)) if s >= warm else (s + 1) / warm)

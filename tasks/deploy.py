@@ -10,11 +10,12 @@ from tasks._common import artifact, paths
 
 
 @task(name="deploy-scoring-service", retries=1, retry_delay_seconds=2)
-def deploy(promotion: dict, rungs: dict, registered: dict, cfg: FlywheelConfig, keep_running: bool = False) -> dict:
+def deploy(promotion: dict, rungs: dict, registered: dict, cfg: FlywheelConfig, keep_running: bool = False,
+           deployable: str = "student_pruned") -> dict:
     test = load_golden(cfg.resolve(cfg.golden)).pairs("test")
     sample = test[test.query_id.isin(sorted(test.query_id.unique())[:8])]
-    return lib.deploy_champion(cfg.registered_model, promotion["champion"], registered["student_pruned"]["version"],
-                               rungs["student_pruned"]["path"], sample, cfg.serve_port, paths(), keep_running)
+    return lib.deploy_champion(cfg.registered_model, promotion["champion"], registered[deployable]["version"],
+                               rungs[deployable]["path"], sample, cfg.serve_port, paths(), keep_running)
 
 
 @task(name="write-report", retries=1, retry_delay_seconds=1)

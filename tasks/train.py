@@ -1,4 +1,4 @@
-"""Tasks: train the teacher, distil each rung, prune the student."""
+"""Tasks: train the teacher, distil each rung, prune the student, distil its compressed forms."""
 
 from prefect import task
 
@@ -43,6 +43,16 @@ def train_engagement_teacher(events_fp: str, cfg: FlywheelConfig) -> dict:
 
 
 @task(name="prune-student", retries=1, retry_delay_seconds=1, cache_key_fn=content_key, persist_result=True)
-def prune_student(student: dict, judge_version: str, cfg: FlywheelConfig) -> dict:
-    with progress("prune + recover student", None) as advance:
-        return lib.prune_student(student, judge_version, cfg, paths(), progress=advance)
+def prune_student(student: dict, judge_version: str, cfg: FlywheelConfig, mlp_keep: float | None = None,
+                  name: str = "student_pruned") -> dict:
+    with progress(f"prune + recover {name}", None) as advance:
+        return lib.prune_student(student, judge_version, cfg, paths(), progress=advance, mlp_keep=mlp_keep,
+                                 name=name)
+
+
+@task(name="compress-student", retries=1, retry_delay_seconds=1, cache_key_fn=content_key, persist_result=True)
+def compress_student(student: dict, form: str, size: int, judge_version: str, cfg: FlywheelConfig) -> dict:
+    from flywheel import compression
+
+    with progress(f"distil {student['rung']} → {form} compression ({size})", None) as advance:
+        return compression.compress_student(student, form, size, judge_version, cfg, paths(), progress=advance)

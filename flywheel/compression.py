@@ -1,0 +1,118 @@
+"""Stage 6b: context compression of the deployable student (models.compress), and the curves that report it.
+
+- Field-aware students read each document as its policy fields (``document_fields``, in order) cut to a token
+  budget; soft-token students read ``k`` vectors projected from the MiniLM bi-encoder's document embedding.
+  Both are distilled from the uncompressed student's scores (stored in ``teacher_scores``) on the labelled
+  training pairs plus an unlabelled retrieval pool of the same queries — a distillation target needs no label.
+- Document embeddings are cached per document version (content hash) under ``models/doc_cache``, so a document
+  is embedded once, whichever student or day asks.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+
+from flywheel import context
+from flywheel.config import FlywheelConfig
+from flywheel.lake import sha256_text
+from flywheel.settings import Paths
+
+EMBEDDER = "all-MiniLM-L6-v2"   # the bi-encoder of flywheel.retrieval
+EMBED_DIM = 384
+
+
+def doc_embeddings(pairs: pd.DataFrame, paths: Paths) -> np.ndarray:
+    """[n, 384] L2-normalised bi-encoder embeddings of ``pairs``' documents (doc_hash, title, text), computed once
+    per document version and cached."""
+    from flywheel.features import UprCache
+    from flywheel.retrieval import doc_text, encode
+
+    cache = UprCache(paths.models / "doc_cache" / f"{EMBEDDER}-v1")
+    todo = pairs.drop_duplicates("doc_hash")
+    todo = todo[[cache.get(h) is None for h in todo.doc_hash]]
+    if len(todo):
+        vecs = encode([doc_text(t, x) for t, x in zip(todo.title, todo.text)])
+        cache.put_many({h: v.tolist() for h, v in zip(todo.doc_hash, vecs)})
+    return np.asarray([cache.get(h) for h in pairs.doc_hash], dtype="float32").reshape(len(pairs), EMBED_DIM)
+
+
+def distillation_pairs(parent: dict, judge_version: str, cfg: FlywheelConfig, paths: Paths) -> pd.DataFrame:
+    """The labelled training pairs plus, per training query, its BM25 / dense retrieval pool and a few random
+    documents, with ``parent``'s score on each (stored, so a second student reuses them)."""
+    from flywheel.labeling import training_pairs
+    from flywheel.ladder import stored_scores
+
+    cols = ["query_id", "doc_id", "doc_hash", "query", "title", "text"]
+    pairs = training_pairs(judge_version, paths)[cols]
+    k = cfg.compression.pool_per_query
+    if k:
+        lk = context.lake(paths)
+        queries = pairs[["query_id", "query"]].drop_duplicates("query_id").rename(columns={"query": "text"})
+        pool = context.retriever(paths).candidates(queries, k_bm25=k // 2, k_dense=k // 2, n_random=k // 4,
+                                                   seed=cfg.seed)
+        docs = lk.read("documents")[["doc_id", "title", "text"]]
+        pool = pool[["query_id", "doc_id", "doc_hash"]].merge(
+            queries.rename(columns={"text": "query"}), on="query_id").merge(docs, on="doc_id")
+        pairs = pd.concat([pairs, pool[cols]]).drop_duplicates(["query_id", "doc_hash"])
+    pairs = pairs.sort_values(["query_id", "doc_id"]).reset_index(drop=True)
+    return stored_scores(parent, pairs, paths)
+
+
+def compress_student(parent: dict, form: str, size: int, judge_version: str, cfg: FlywheelConfig, paths: Paths,
+                     progress=None) -> dict:
+    """Distil a ``form`` ("fields" with a ``size``-token budget, or "soft" with ``size`` soft tokens) version of
+    ``parent`` from ``parent``'s scores on uncompressed documents."""
+    from flywheel.ladder import _save_atomic, _summary
+    from flywheel.policy import load_policy
+    from models.ranker import load_ranker
+    from models.train import TrainConfig, train_ranker
+
+    if form not in {"fields", "soft"}:
+        raise ValueError(f"compression form must be 'fields' or 'soft', not {form!r}")
+    cc = cfg.compression
+    fields = tuple(load_policy(cfg.resolve(cfg.policy)).document_fields)
+    name = f"compressed_{form}{size}"
+    key = sha256_text(parent["model_version"], form, str(size), cc.model_dump_json(), ",".join(fields),
+                      str(cfg.ladder.batch_size))[:12]
+    out = paths.models / "ladder" / f"{name}-{key}"
+    t = time.time()
+    pairs = distillation_pairs(parent, judge_version, cfg, paths)
+    model, tok, contract = load_ranker(parent["path"])
+    if form == "fields":
+        contract = replace(contract, compression="fields", doc_budget=int(size), doc_fields=fields)
+    else:
+        from models.compress import SoftTokenRanker
+
+        contract = replace(contract, compression="soft", soft_tokens=int(size), embedder=EMBEDDER,
+                           embed_dim=EMBED_DIM)
+        model = SoftTokenRanker(model, EMBED_DIM, int(size))
+        pairs["doc_emb"] = list(doc_embeddings(pairs, paths))
+    losses = train_ranker(model, tok, contract, pairs, "teacher_score", "distill",
+                          TrainConfig(epochs=cc.epochs, lr=cc.lr, batch_size=cfg.ladder.batch_size, seed=cfg.seed,
+                                      new_params_lr=cc.projection_lr), progress)
+    _save_atomic(model, tok, contract, out)
+    return _summary(out, losses, time.time() - t, rung=name, parent=parent["model_version"],
+                    train_pairs=int(len(pairs)), compression={"form": form, "size": int(size)})
+
+
+def length_curve(student: dict, test: pd.DataFrame, budgets: list[int]) -> list[dict]:
+    """The uncompressed student read zero-shot (no retraining) with its documents cut to each field budget:
+    NDCG@10 against the document tokens it actually reads."""
+    from flywheel.evaluation import ndcg_at_10
+    from models.compress import input_lengths
+    from models.ranker import load_ranker, score_pairs
+
+    model, tok, contract = load_ranker(student["path"])
+    args = (test["query"].tolist(), test.title.tolist(), test.text.tolist())
+    rows = []
+    for b in [None, *sorted(budgets)]:
+        c = contract if b is None else replace(contract, compression="fields", doc_budget=int(b))
+        doc, total = input_lengths(tok, c, *args)
+        rows.append({"system": "student, zero-shot" if b else "student, uncompressed", "form": "fields" if b else
+                     "none", "budget": b, "doc_tokens": float(np.mean(doc)), "input_tokens": float(np.mean(total)),
+                     "ndcg@10": ndcg_at_10(test, score_pairs(model, tok, c, *args))})
+    return rows
