@@ -137,7 +137,9 @@ def train_teacher(judge_version: str, labels_fingerprint: str, cfg: FlywheelConf
     pairs = training_pairs(judge_version, paths)
     if pairs.empty:
         raise ValueError(f"no usable labels for judge {judge_version}: label candidates first")
-    pairs["target"] = pairs.grade.astype(float) / 3.0
+    from flywheel.policy import load_policy
+
+    pairs["target"] = pairs.grade.astype(float) / load_policy(cfg.resolve(cfg.policy)).max_grade
     key = sha256_text(judge_version, labels_fingerprint, rung.model_dump_json(), str(cfg.ladder.batch_size))[:12]
     out = paths.models / "ladder" / f"teacher-{key}"
     t = time.time()

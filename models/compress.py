@@ -27,10 +27,18 @@ PROJECTION_FILE = "soft_projection.safetensors"
 _WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9'&./-]*")
 
 
-def _stopwords() -> frozenset:
-    from bm25s.stopwords import STOPWORDS_EN
+# scikit-learn's English stop-word list keeps words that carry meaning in search ("fire", "bill", "system",
+# numbers, ...): those stay in the documents.
+_CONTENT_WORDS = frozenset(
+    "fire bill system computer amount call part interest show top bottom front back side full detail describe name "
+    "find found first last one two three four five six eight nine ten eleven twelve fifteen twenty forty fifty sixty "
+    "hundred move put see mill de con inc ltd co thick thin cry sincere serious empty well fill mine".split())
 
-    return frozenset(STOPWORDS_EN)
+
+def _stopwords() -> frozenset:
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+    return frozenset(ENGLISH_STOP_WORDS) - _CONTENT_WORDS
 
 
 def compress_fields(tokenizer, fields: list[str], budget: int) -> str:

@@ -14,6 +14,7 @@ else is in its batch.
 from __future__ import annotations
 
 import copy
+import inspect
 from pathlib import Path
 
 import torch
@@ -113,31 +114,38 @@ def encode_pairs(tokenizer, contract, queries: list[str], titles: list[str], tex
     return out
 
 
+def prepare_shared_prefix(tokenizer, contract, query: str, titles: list[str], texts: list[str]
+                          ) -> tuple[list[int], list[list[int]]]:
+    """(prefix ids, per-document suffix ids) of one query's pairs: the tokenisation half of the shared-prefix
+    scorer (a service can cache the documents' suffixes per document version)."""
+    from models.ranker import doc_strings
+
+    parts = [segments(tokenizer, contract, query, d) for d in doc_strings(tokenizer, contract, titles, texts)]
+    return parts[0][0], [p[1] for p in parts]
+
+
 @torch.inference_mode()
-def score_query_shared_prefix(model: DecoderRanker, tokenizer, contract, query: str, titles: list[str],
-                              texts: list[str], batch_size: int = 64) -> list[float]:
+def score_prepared(model: DecoderRanker, prefix: list[int], suffixes: list[list[int]], pad_token_id: int,
+                   batch_size: int = 64) -> list[float]:
     """Score one query's documents with its prefix (instruction + query) run once: its key/value cache is
     copied into every batch, and only the document + cue tokens are computed per pair."""
     from transformers import DynamicCache
 
-    from models.ranker import doc_strings
-
     model.eval()
-    docs = doc_strings(tokenizer, contract, titles, texts)
-    parts = [segments(tokenizer, contract, query, d) for d in docs]
-    prefix = parts[0][0]
     dec = model.lm.get_decoder()
-    pre = dec(input_ids=torch.tensor([prefix]), use_cache=True, cache=DynamicCache(config=model.config))
-    base_cache = pre.cache
+    dev = model.head().device
+    kv = "cache" if "cache" in inspect.signature(dec.forward).parameters else "past_key_values"   # transformers 5.2x
+    pre = dec(input_ids=torch.tensor([prefix], device=dev), use_cache=True, **{kv: DynamicCache(config=model.config)})
+    base_cache = getattr(pre, "cache", None) or pre.past_key_values
     head = model.head()
-    out = [0.0] * len(docs)
-    order = sorted(range(len(docs)), key=lambda i: len(parts[i][1]))
+    out = [0.0] * len(suffixes)
+    order = sorted(range(len(suffixes)), key=lambda i: len(suffixes[i]))
     P = len(prefix)
     for s in range(0, len(order), batch_size):
         idx = order[s:s + batch_size]
-        suf = [parts[i][1] for i in idx]
+        suf = [suffixes[i] for i in idx]
         width = max(map(len, suf))
-        ids = torch.full((len(idx), width), contract.pad_token_id, dtype=torch.long)
+        ids = torch.full((len(idx), width), pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(idx), P + width), dtype=torch.long)
         mask[:, :P] = 1
         for r, x in enumerate(suf):
@@ -145,14 +153,22 @@ def score_query_shared_prefix(model: DecoderRanker, tokenizer, contract, query: 
             mask[r, P:P + len(x)] = 1
         cache = copy.deepcopy(base_cache)
         cache.batch_repeat_interleave(len(idx))
-        pos = torch.arange(P, P + width)[None].expand(len(idx), -1)
-        h = dec(input_ids=ids, attention_mask=mask, cache=cache, position_ids=pos,
-                use_cache=True).last_hidden_state                                      # [b, S, H]
-        last = torch.tensor([len(x) - 1 for x in suf])
-        vals = h[torch.arange(len(idx)), last].float() @ head.float()                  # [b]
+        pos = torch.arange(P, P + width, device=dev)[None].expand(len(idx), -1)
+        h = dec(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos, use_cache=True,
+                **{kv: cache}).last_hidden_state                                      # [b, S, H]
+        last = torch.tensor([len(x) - 1 for x in suf], device=dev)
+        vals = h[torch.arange(len(idx), device=dev), last].float() @ head.float()     # [b]
         for i, v in zip(idx, vals.tolist()):
             out[i] = v
     return out
+
+
+def score_query_shared_prefix(model: DecoderRanker, tokenizer, contract, query: str, titles: list[str],
+                              texts: list[str], batch_size: int = 64) -> list[float]:
+    """Score one query's documents with its prefix computed once (:func:`prepare_shared_prefix`, then
+    :func:`score_prepared`)."""
+    prefix, suffixes = prepare_shared_prefix(tokenizer, contract, query, titles, texts)
+    return score_prepared(model, prefix, suffixes, contract.pad_token_id, batch_size)
 
 
 # ---------------------------------------------------------------- building decoder rungs

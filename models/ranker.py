@@ -181,7 +181,8 @@ def score_pairs(model, tokenizer, contract: ScoringContract, queries: list[str],
                            [texts[i] for i in idx])
         if soft:
             enc["doc_emb"] = torch.as_tensor(np.asarray(doc_emb)[idx], dtype=torch.float32)
-        logits = model(**enc).logits[:, 0]                      # [B]
+        dev = next(model.parameters()).device
+        logits = model(**{k: v.to(dev) for k, v in enc.items()}).logits[:, 0]                      # [B]
         for i, v in zip(idx, logits.tolist()):
             out[i] = v
     return out

@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from flywheel import calibrate, evaluate, labeling, ladder
+from flywheel import calibrate, compression, evaluate, labeling, ladder
 from flywheel.config import load_config
 from flywheel.lake import PRIMARY_KEYS
 from flywheel.schemas import SCHEMAS
@@ -69,23 +69,36 @@ def test_crash_in_a_late_stage_resumes_from_cache_and_warm_rerun_redoes_nothing(
     with pytest.raises(RuntimeError, match="injected failure"):
         daily_flywheel(cfg, DATE)
     monkeypatch.undo()
-    first_files = {t: len(list((paths().lake / t).rglob("part-*.parquet"))) for t in SCHEMAS}
+    first_files = {t: set((paths().lake / t).rglob("part-*.parquet")) for t in SCHEMAS}
 
     calls: dict = {}
     for mod, name in [(calibrate, "calibrate"), (labeling, "retrieve_candidates"), (labeling, "label_candidates"),
                       (ladder, "train_teacher"), (ladder, "distil"), (ladder, "prune_student"),
-                      (evaluate, "evaluate_all")]:
+                      (evaluate, "evaluate_all"), (compression, "compress_student")]:
         _count_calls(monkeypatch, mod, name, calls)
     summary = daily_flywheel(cfg, DATE)
-    assert calls == {"evaluate_all": 1}, f"stages before the crash ran again: {calls}"
+    assert calls == {"evaluate_all": 1, "compress_student": 2}, f"stages before the crash ran again: {calls}"
     _assert_no_duplicate_rows(paths())
-    for t in ("judge_labels", "candidates", "teacher_scores"):
-        assert len(list((paths().lake / t).rglob("part-*.parquet"))) == first_files[t]
+    for t in ("judge_labels", "candidates"):
+        assert set((paths().lake / t).rglob("part-*.parquet")) == first_files[t]
+    # teacher_scores only gained the deployable student's scores for compression distillation (after the crash)
+    assert set((paths().lake / "teacher_scores").rglob("part-*.parquet")) >= first_files["teacher_scores"]
+    ts = __import__("flywheel.lake", fromlist=["Lake"]).Lake(paths().lake).read("teacher_scores")
+    assert set(ts.teacher) == {"teacher", "mid", "student", "engagement", summary["pruning"]["deployable"]}
 
     ev = summary["evaluation"]["systems"]
     assert set(ev) >= {"bm25", "judge", "teacher", "mid", "student", "student_pruned"}
     assert summary["rungs"]["student_pruned"]["params_non_embedding"] < summary["rungs"]["student"]["params_non_embedding"]
     assert summary["calibration"]["test"]["qwk"] > 0.4
+    # Compression: both forms evaluated on much shorter documents; the length curve and combined figure exist.
+    comp = summary["compression"]
+    assert set(comp["systems"]) == {"compressed_fields8", "compressed_soft2"}
+    assert comp["systems"]["compressed_soft2"]["doc_tokens"] == 2
+    assert comp["uncompressed"]["doc_tokens"] > 10 * 2
+    assert comp["systems"]["compressed_fields8"]["doc_tokens"] <= 8
+    assert len(comp["length_curve"]) == 4 and comp["combined"]["teacher_naive_items_per_s"] > 0
+    acc = summary["pruning"]
+    assert acc["deployable"] == ("student_pruned" if acc["ndcg_ratio"] >= 0.98 and acc["speedup"] > 1 else "student")
     # The judge labels carry their lineage.
     labels = __import__("flywheel.lake", fromlist=["Lake"]).Lake(paths().lake).read("judge_labels", DATE)
     assert labels.policy_hash.nunique() == 1 and labels.judge_version.eq(summary["calibration"]["judge_version"]).all()

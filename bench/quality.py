@@ -1,0 +1,136 @@
+"""The whole flywheel on any dataset in the BEIR layout: NDCG@10 of every system it builds.
+
+    python bench/quality.py --data DIR --policy FILE [--family encoder|decoder] [--config configs/demo.yaml]
+    python bench/quality.py --avature --policy policies/job_title_search.md     # the Avature job-title set
+
+DIR holds ``corpus.jsonl``, ``queries.jsonl`` and ``qrels/<split>.tsv`` (``test`` is held out; every other split
+calibrates the judge). The dataset becomes a golden set under the bench home, the flywheel runs on it with
+``--config`` (its golden set and policy replaced; ``--family decoder`` takes the ladder of configs/decoder.yaml)
+in a home of its own (``--home``, default ``.flywheel/bench/<dataset>``; a rerun reuses every finished stage),
+and the script prints NDCG@10 on the held-out test queries for BM25, the bi-encoder, the judge, every rung,
+the pruned variants and the compressed students, with non-embedding parameters, items/s, and the issue's ratios
+(student / teacher, pruned / student, compressed / uncompressed, combined speed-up). ``--json`` writes them all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def golden_from_beir(data: Path, out: Path) -> dict:
+    """The BEIR directory as a golden set (queries, documents, golden_labels parquet); nothing written on error."""
+    from flywheel.beir import read_beir
+
+    tables = read_beir(data)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, df in tables.items():
+        tmp = out / f".tmp-{name}.parquet"
+        df.to_parquet(tmp, index=False)
+        os.replace(tmp, out / f"{name}.parquet")
+    lab = tables["golden_labels"]
+    return {"queries": int(lab.query_id.nunique()), "test_queries": int(lab[lab.split == "test"].query_id.nunique()),
+            "documents": int(len(tables["documents"])), "judged_pairs": int(len(lab))}
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", type=Path, help="a dataset in the BEIR layout")
+    src.add_argument("--avature", action="store_true",
+                     help="export ../shared/datasets/avature_job_titles to the BEIR layout first, then use it")
+    ap.add_argument("--policy", type=Path, required=True, help="the grading policy the judge follows")
+    ap.add_argument("--family", choices=["encoder", "decoder"], default="encoder")
+    ap.add_argument("--config", type=Path, default=ROOT / "configs" / "demo.yaml")
+    ap.add_argument("--home", type=Path, default=None, help="flywheel home (default .flywheel/bench/<dataset>)")
+    ap.add_argument("--date", default="2026-01-01", help="the run date (labels and clicks are keyed by it)")
+    ap.add_argument("--json", type=Path, default=None, help="also write every figure to this file")
+    a = ap.parse_args(argv)
+
+    if a.avature:
+        from flywheel.avature import to_beir
+
+        a.data = ROOT / ".flywheel" / "bench" / "beir" / "avature_job_titles"
+        if not (a.data / "corpus.jsonl").exists():
+            to_beir(ROOT.parent / "shared" / "datasets" / "avature_job_titles", a.data)
+    name = a.data.resolve().name
+    home = (a.home or ROOT / ".flywheel" / "bench" / f"{name}-{a.family}").resolve()
+    os.environ["FLYWHEEL_HOME"] = str(home)
+
+    from flywheel.config import load_config
+    from flywheel.policy import load_policy
+
+    load_policy(a.policy)            # a bad policy fails here, before any work
+    golden = home / "golden"
+    counts = golden_from_beir(a.data, golden)
+    cfg = load_config(a.config)
+    update = {"golden": str(golden), "policy": str(a.policy.resolve()), "name": f"quality-{name}"}
+    if a.family == "decoder":
+        update["ladder"] = load_config(ROOT / "configs" / "decoder.yaml").ladder
+    cfg = cfg.model_copy(update=update)
+
+    from flows.daily import with_runner
+
+    summary = with_runner(cfg)(cfg, a.date)
+    out = figures(summary, counts, name, a.family)
+    print_figures(out)
+    if a.json:
+        a.json.write_text(json.dumps(out, indent=2, default=str))
+    return out
+
+
+def figures(summary: dict, counts: dict, name: str, family: str) -> dict:
+    ev = summary["evaluation"]["systems"]
+    comp = summary.get("compression") or {}
+    systems = dict(ev) | (comp.get("systems") or {})
+    t, s = ev["teacher"]["ndcg@10"], ev["student"]["ndcg@10"]
+    p = ev["student_pruned"]
+    ratios = {"student / teacher NDCG@10": s / t,
+              "pruned / student NDCG@10": p["ndcg@10"] / s,
+              "pruned non-embedding params fewer than student": 1 - p["n_params"] / ev["student"]["n_params"],
+              "pruned / student items/s": p["items_per_s"] / ev["student"]["items_per_s"]}
+    for k, v in (comp.get("systems") or {}).items():
+        ratios[f"{k}: documents shorter (x)"] = v["doc_tokens_ratio"]
+        ratios[f"{k}: NDCG@10 / uncompressed"] = v["ndcg_ratio_to_uncompressed"]
+    c = comp.get("combined") or {}
+    if c.get("system"):
+        ratios[f"combined ({c['system']}) items/s / teacher naive"] = c["speedup"]
+        ratios[f"combined ({c['system']}) NDCG@10 / teacher"] = c["ndcg_ratio_to_teacher"]
+    return {"dataset": name, "family": family, "counts": counts, "test_pairs": summary["evaluation"]["test_pairs"],
+            "judge": {k: summary["calibration"].get(k, {}).get("qwk") for k in ("calibration", "test")},
+            "systems": systems, "ratios": ratios, "pruning": summary.get("pruning"),
+            "length_curve": comp.get("length_curve"), "report": summary.get("report")}
+
+
+def print_figures(out: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console()
+    tab = Table(title=f"{out['dataset']} ({out['family']} ladder): NDCG@10 on {out['counts']['test_queries']} "
+                      f"held-out queries, {out['test_pairs']} judged pairs")
+    for col in ("system", "NDCG@10", "non-embedding params", "items/s", "document tokens"):
+        tab.add_column(col)
+    for k, v in out["systems"].items():
+        tab.add_row(k, f"{v['ndcg@10']:.4f}", f"{v['n_params']:,}" if v.get("n_params") else "",
+                    f"{v['items_per_s']:.0f}" if v.get("items_per_s") else "",
+                    f"{v['doc_tokens']:.1f}" if v.get("doc_tokens") is not None else "")
+    con.print(tab)
+    rt = Table(title="Ratios (measured side by side in this run)")
+    rt.add_column("figure")
+    rt.add_column("value")
+    for k, v in out["ratios"].items():
+        rt.add_row(k, f"{v:.3f}")
+    con.print(rt)
+    if out.get("pruning"):
+        con.print(f"pruned student {out['pruning']['reason']}")
+
+
+if __name__ == "__main__":
+    main()
