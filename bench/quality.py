@@ -1,6 +1,6 @@
 """The whole flywheel on any dataset in the BEIR layout: NDCG@10 of every system it builds.
 
-    python bench/quality.py --data DIR --policy FILE [--family encoder|decoder] [--config configs/demo.yaml]
+    python bench/quality.py --data DIR --policy FILE [--family encoder|decoder] [--config configs/quality.yaml]
     python bench/quality.py --avature --policy policies/job_title_search.md     # the Avature job-title set
 
 DIR holds ``corpus.jsonl``, ``queries.jsonl`` and ``qrels/<split>.tsv`` (``test`` is held out; every other split
@@ -47,7 +47,7 @@ def main(argv=None) -> dict:
                      help="export ../shared/datasets/avature_job_titles to the BEIR layout first, then use it")
     ap.add_argument("--policy", type=Path, required=True, help="the grading policy the judge follows")
     ap.add_argument("--family", choices=["encoder", "decoder"], default="encoder")
-    ap.add_argument("--config", type=Path, default=ROOT / "configs" / "demo.yaml")
+    ap.add_argument("--config", type=Path, default=ROOT / "configs" / "quality.yaml")
     ap.add_argument("--home", type=Path, default=None, help="flywheel home (default .flywheel/bench/<dataset>)")
     ap.add_argument("--date", default="2026-01-01", help="the run date (labels and clicks are keyed by it)")
     ap.add_argument("--json", type=Path, default=None, help="also write every figure to this file")

@@ -47,7 +47,7 @@ def distillation_pairs(parent: dict, judge_version: str, cfg: FlywheelConfig, pa
     from flywheel.ladder import stored_scores
 
     cols = ["query_id", "doc_id", "doc_hash", "query", "title", "text"]
-    pairs = training_pairs(judge_version, paths)[cols]
+    pairs = training_pairs(judge_version, paths)[cols + ["grade"]]
     k = cfg.compression.pool_per_query
     if k:
         lk = context.lake(paths)
@@ -65,7 +65,16 @@ def distillation_pairs(parent: dict, judge_version: str, cfg: FlywheelConfig, pa
 def compress_student(parent: dict, form: str, size: int, judge_version: str, cfg: FlywheelConfig, paths: Paths,
                      progress=None) -> dict:
     """Distil a ``form`` ("fields" with a ``size``-token budget, or "soft" with ``size`` soft tokens) version of
-    ``parent`` from ``parent``'s scores on uncompressed documents."""
+    ``parent`` from ``parent``'s scores on uncompressed documents.
+
+    A validation fold of the distillation queries (``compression.val_share``) measures NDCG@10 against the
+    judge's labels of its labelled pairs before training and after every epoch; a later state replaces the kept
+    one only when it gains ``compression.min_val_gain``: distillation on a few dozen queries can overfit them,
+    and then the starting point (for soft tokens, the fitted projection) is the better student."""
+    import copy
+
+    import torch
+
     from flywheel.ladder import _save_atomic, _summary
     from flywheel.policy import load_policy
     from models.ranker import load_ranker
@@ -82,21 +91,53 @@ def compress_student(parent: dict, form: str, size: int, judge_version: str, cfg
     t = time.time()
     pairs = distillation_pairs(parent, judge_version, cfg, paths)
     model, tok, contract = load_ranker(parent["path"])
+    fit_r2 = None
     if form == "fields":
         contract = replace(contract, compression="fields", doc_budget=int(size), doc_fields=fields)
     else:
-        from models.compress import SoftTokenRanker
+        from models.compress import SoftTokenRanker, soft_targets
 
         contract = replace(contract, compression="soft", soft_tokens=int(size), embedder=EMBEDDER,
                            embed_dim=EMBED_DIM)
         model = SoftTokenRanker(model, EMBED_DIM, int(size))
+        # Start the projection where the ranker already works: each document's embedding mapped onto the mean
+        # word embeddings of its fields (ridge regression over the whole corpus: no labels, no queries).
+        docs = context.lake(paths).read("documents").rename(columns={"content_hash": "doc_hash"})
+        targets = soft_targets(model.base, tok, [[{"title": t, "text": x}[f] for f in fields]
+                                                 for t, x in zip(docs.title, docs.text)], int(size))
+        fit_r2 = model.fit_projection(torch.as_tensor(doc_embeddings(docs, paths)), targets)
         pairs["doc_emb"] = list(doc_embeddings(pairs, paths))
-    losses = train_ranker(model, tok, contract, pairs, "teacher_score", "distill",
-                          TrainConfig(epochs=cc.epochs, lr=cc.lr, batch_size=cfg.ladder.batch_size, seed=cfg.seed,
-                                      new_params_lr=cc.projection_lr), progress)
-    _save_atomic(model, tok, contract, out)
+    val_q = {q for q in pairs.query_id.unique()
+             if int(sha256_text("val", str(cfg.seed), q)[:8], 16) / 0xFFFFFFFF < cc.val_share}
+    train, val = pairs[~pairs.query_id.isin(val_q)], pairs[pairs.query_id.isin(val_q)]
+    history = [_agreement(model, tok, contract, val)]
+    best, best_state, losses = history[0], copy.deepcopy(model.state_dict()), []
+    for epoch in range(cc.epochs):
+        losses += train_ranker(model, tok, contract, train, "teacher_score", "distill",
+                               TrainConfig(epochs=1, lr=cc.lr, batch_size=cfg.ladder.batch_size,
+                                           seed=cfg.seed + epoch, new_params_lr=cc.projection_lr), progress)
+        history.append(_agreement(model, tok, contract, val))
+        if history[-1] >= best + cc.min_val_gain:
+            best, best_state = history[-1], copy.deepcopy(model.state_dict())
+    model.load_state_dict(best_state)
+    _save_atomic(model, tok, replace(contract, dtype=cc.dtype), out)
     return _summary(out, losses, time.time() - t, rung=name, parent=parent["model_version"],
-                    train_pairs=int(len(pairs)), compression={"form": form, "size": int(size)})
+                    train_pairs=int(len(train)), val_queries=len(val_q), compression={"form": form, "size": int(size)},
+                    val_ndcg_by_epoch=[round(v, 4) for v in history], kept_epoch=history.index(best),
+                    **({"projection_fit_r2": round(fit_r2, 4)} if fit_r2 is not None else {}))
+
+
+def _agreement(model, tok, contract, pairs: pd.DataFrame) -> float:
+    """NDCG@10 of ``model``'s scores against the judge's grades, on the labelled pairs of ``pairs``."""
+    from flywheel.evaluation import ndcg_at_10
+    from models.ranker import score_pairs
+
+    pairs = pairs[pairs.grade.notna()]
+    if pairs.empty:
+        return 0.0
+    kw = {"doc_emb": np.stack(pairs.doc_emb.to_numpy())} if "doc_emb" in pairs else {}
+    s = score_pairs(model, tok, contract, pairs["query"].tolist(), pairs.title.tolist(), pairs.text.tolist(), **kw)
+    return float(ndcg_at_10(pairs, s, grade_col="grade"))
 
 
 def length_curve(student: dict, test: pd.DataFrame, budgets: list[int]) -> list[dict]:

@@ -135,7 +135,10 @@ class CompressionConfig(BaseModel):
     pool_per_query: int = Field(24, ge=0)   # unlabelled retrieval-pool pairs per training query, for distillation
     epochs: int = Field(3, ge=1)
     lr: float = Field(1e-4, gt=0)
-    projection_lr: float = Field(2e-3, gt=0)   # the soft-token projection is new: it learns faster
+    projection_lr: float = Field(1e-3, gt=0)   # the soft-token projection (fitted first, then distilled)
+    val_share: float = Field(0.2, gt=0, lt=1)  # distillation queries held out to pick the best epoch
+    min_val_gain: float = Field(0.01, ge=0)    # validation NDCG@10 an epoch must gain over the kept state
+    dtype: Literal["float32", "bfloat16"] = "bfloat16"   # the dtype the compressed students score in
 
     @model_validator(mode="after")
     def _sizes(self):

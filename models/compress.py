@@ -16,6 +16,7 @@ Two forms (``ScoringContract.compression``):
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 
@@ -35,15 +36,30 @@ _CONTENT_WORDS = frozenset(
     "hundred move put see mill de con inc ltd co thick thin cry sincere serious empty well fill mine".split())
 
 
+@functools.lru_cache(maxsize=1)
 def _stopwords() -> frozenset:
     from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
     return frozenset(ENGLISH_STOP_WORDS) - _CONTENT_WORDS
 
 
+_COMPRESSED: dict = {}    # (tokenizer, budget, fields) → text: each document version is compressed once
+
+
 def compress_fields(tokenizer, fields: list[str], budget: int) -> str:
     """``fields`` in priority order → at most ``budget`` tokens of ``tokenizer``: content words of each field in
-    turn (stop words and repeats dropped), fields joined by ". " so the title stays recognisable."""
+    turn (stop words and repeats dropped), fields joined by ". " so the title stays recognisable. Cached in
+    memory by content, so a document version is compressed once per process."""
+    key = (getattr(tokenizer, "name_or_path", ""), len(tokenizer), int(budget), *fields)
+    hit = _COMPRESSED.get(key)
+    if hit is None:
+        if len(_COMPRESSED) > 500_000:
+            _COMPRESSED.clear()
+        hit = _COMPRESSED[key] = _compress(tokenizer, fields, budget)
+    return hit
+
+
+def _compress(tokenizer, fields: list[str], budget: int) -> str:
     stop, seen, parts = _stopwords(), set(), []
     for text in fields:
         words = []
@@ -56,6 +72,29 @@ def compress_fields(tokenizer, fields: list[str], budget: int) -> str:
             parts.append(" ".join(words))
     ids = tokenizer(". ".join(parts), add_special_tokens=False)["input_ids"][:budget]
     return tokenizer.decode(ids).strip()
+
+
+@torch.no_grad()
+def soft_targets(ranker, tokenizer, fields: list[list[str]], k: int, max_tokens: int = 32) -> torch.Tensor:
+    """[n, k, H]: what each document's k soft tokens should start as — mean input embeddings of its words. With
+    as many soft tokens as fields, one per field in the policy's order (stop words and repeats dropped, up to
+    ``max_tokens`` tokens each); otherwise the fields' compressed tokens cut into k consecutive chunks. An
+    uncompressed ranker reading these means in place of the text already ranks close to reading the text."""
+    emb = (ranker.lm.get_input_embeddings() if hasattr(ranker, "lm") else ranker.bert.embeddings.word_embeddings)
+    w = emb.weight
+    fallback = w.mean(0)
+    out = torch.empty(len(fields), k, w.shape[1], dtype=w.dtype)
+    for i, doc in enumerate(fields):
+        if k == len(doc):
+            chunks = [tokenizer(compress_fields(tokenizer, [f], max_tokens), add_special_tokens=False)["input_ids"]
+                      for f in doc]
+        else:
+            ids = tokenizer(compress_fields(tokenizer, doc, max_tokens * k), add_special_tokens=False)["input_ids"]
+            step = max(1, -(-len(ids) // k))
+            chunks = [ids[j * step:(j + 1) * step] for j in range(k)]
+        for j, c in enumerate(chunks):
+            out[i, j] = w[c].mean(0) if c else fallback
+    return out
 
 
 def placeholder_id(tokenizer, family: str) -> int:
@@ -73,11 +112,7 @@ class SoftTokenRanker(nn.Module):
         super().__init__()
         self.base, self.k = base, int(k)
         hidden = self.base.config.hidden_size
-        word = self._word_embeddings().weight
-        self.proj = nn.Sequential(nn.Linear(embed_dim, hidden), nn.GELU(), nn.Linear(hidden, hidden * self.k))
-        with torch.no_grad():   # start on the scale of real word embeddings
-            self.proj[2].weight.mul_(word.std().item() / max(self.proj[2].weight.std().item(), 1e-6) * 0.5)
-            self.proj[2].bias.copy_(word.mean(0).repeat(self.k))
+        self.proj = nn.Linear(embed_dim, hidden * self.k)     # fitted by fit_projection, then distilled
 
     @property
     def config(self):
@@ -98,6 +133,20 @@ class SoftTokenRanker(nn.Module):
         x = x.masked_scatter(soft_mask[..., None], soft.reshape(-1, soft.shape[-1]))   # slots in row order
         out = self.base(inputs_embeds=x, attention_mask=attention_mask, **kw)
         return SequenceClassifierOutput(logits=out.logits)
+
+    @torch.no_grad()
+    def fit_projection(self, doc_emb: torch.Tensor, targets: torch.Tensor, ridge: float = 1.0) -> float:
+        """Initialise the projection by ridge regression from document embeddings [n, E] to the soft tokens the
+        ranker already reads well, ``targets`` [n, k, H] (see :func:`soft_targets`); returns the fit's R²."""
+        x = doc_emb.double()
+        y = targets.reshape(len(targets), -1).double()
+        xm, ym = x.mean(0), y.mean(0)
+        xc, yc = x - xm, y - ym
+        w = torch.linalg.solve(xc.T @ xc + ridge * torch.eye(x.shape[1], dtype=x.dtype), xc.T @ yc)   # [E, kH]
+        self.proj.weight.copy_(w.T.to(self.proj.weight.dtype))
+        self.proj.bias.copy_((ym - xm @ w).to(self.proj.bias.dtype))
+        resid = yc - xc @ w
+        return float(1 - resid.pow(2).sum() / yc.pow(2).sum())
 
     def param_groups(self, lr: float, new_lr: float | None = None) -> list[dict]:
         """The pretrained ranker at ``lr``; the new projection at ``new_lr`` (default 10 × ``lr``)."""

@@ -40,6 +40,7 @@ class ScoringContract:
     soft_tokens: int = 0
     embedder: str = ""
     embed_dim: int = 0
+    dtype: str = "float32"                # the dtype the model scores in ("bfloat16": half the memory traffic)
 
     def doc_text(self, title: str, text: str) -> str:
         return self.template.format(title=title, text=text)
@@ -121,6 +122,10 @@ def load_ranker(path: str | Path):
         from models.compress import SoftTokenRanker
 
         model = SoftTokenRanker(model, contract.embed_dim, contract.soft_tokens).load_projection(path).eval()
+    if contract.dtype != "float32":
+        if contract.dtype != "bfloat16":
+            raise ValueError(f"{path}: scoring dtype {contract.dtype!r} is not float32 or bfloat16")
+        model = model.to(torch.bfloat16)
     return model, AutoTokenizer.from_pretrained(path), contract
 
 
@@ -182,7 +187,7 @@ def score_pairs(model, tokenizer, contract: ScoringContract, queries: list[str],
         if soft:
             enc["doc_emb"] = torch.as_tensor(np.asarray(doc_emb)[idx], dtype=torch.float32)
         dev = next(model.parameters()).device
-        logits = model(**{k: v.to(dev) for k, v in enc.items()}).logits[:, 0]                      # [B]
+        logits = model(**{k: v.to(dev) for k, v in enc.items()}).logits[:, 0].float()                      # [B]
         for i, v in zip(idx, logits.tolist()):
             out[i] = v
     return out
