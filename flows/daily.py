@@ -85,7 +85,7 @@ def daily_flywheel(cfg: FlywheelConfig = FlywheelConfig(), date: str | None = No
     clock.record("7 evaluate", t, ", ".join(f"{k} {v['ndcg@10']:.3f}" for k, v in ev["systems"].items())
                  + f"; pruned student {acc['reason']}")
 
-    comp = None
+    comp, comp_rungs = None, None
     if cfg.compression.enabled:
         t = time.perf_counter()
         cc = cfg.compression
@@ -94,6 +94,7 @@ def daily_flywheel(cfg: FlywheelConfig = FlywheelConfig(), date: str | None = No
             for n in sizes:
                 r = train.compress_student(rungs[deployable], form, n, cal["judge_version"], cfg)
                 compressed[r["rung"]] = r
+        comp_rungs = compressed
         comp = evaluate.evaluate_compression(compressed, deployable, rungs[deployable], teacher,
                                              ev["systems"]["teacher"]["ndcg@10"], cfg)
         c = comp["combined"]
@@ -116,7 +117,7 @@ def daily_flywheel(cfg: FlywheelConfig = FlywheelConfig(), date: str | None = No
     clock.record("10 deploy", t, f"service {dep.get('action', dep.get('skipped'))}; max |served − offline| = "
                                 f"{dep.get('max_abs_diff', float('nan')):.1e} over {dep.get('pairs_checked', 0)} pairs")
     summary = {"date": date, "config": cfg.name, "stages": clock.stages, "calibration": cal, "labels": labels,
-               "rungs": rungs | curve, "engagement": events, "evaluation": ev, "pruning": acc,
+               "rungs": rungs | curve | (comp_rungs or {}), "engagement": events, "evaluation": ev, "pruning": acc,
                "compression": comp, "promotion": promo, "deploy": dep,
                "notes": ["The offline judge is a calibrated linear scorer over Gemma 3 270M query likelihood, BM25 "
                          "and MiniLM cosine — not a prompted LLM.",

@@ -56,7 +56,8 @@ def calibrate(cfg: FlywheelConfig, paths: Paths, progress=None) -> dict:
     policy = load_policy(cfg.resolve(cfg.policy))
     golden = load_golden(cfg.resolve(cfg.golden))
     calib, test = golden.pairs("calibration"), golden.pairs("test")
-    ceiling = {s: human_agreement(golden.labels[golden.labels.split == s]) for s in ("calibration", "test")}
+    ceiling = {s: h for s in ("calibration", "test")
+               if (h := human_agreement(golden.labels[golden.labels.split == s])) is not None}
     if cfg.judge.backend == "openai":
         return _calibrate_openai(cfg, paths, policy, golden, calib, test, ceiling)
 

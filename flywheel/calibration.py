@@ -96,7 +96,7 @@ def calibration_gate(metrics: dict, min_qwk: float, max_unparsed_rate: float = 0
     return GateDecision(True, f"QWK {qwk:.3f} ≥ threshold {min_qwk:.3f}")
 
 
-def krippendorff_alpha(labels, judge_grades=None, n_grades: int = 4) -> float:
+def krippendorff_alpha(labels, judge_grades=None, n_grades: int = 4) -> float | None:
     """Ordinal Krippendorff's alpha over the golden pairs' raters (krippendorff package).
 
     labels: one row per rater judgment (query_id, doc_id, grade). judge_grades: optional mapping
@@ -111,6 +111,8 @@ def krippendorff_alpha(labels, judge_grades=None, n_grades: int = 4) -> float:
         for key, g in judge_grades.items():
             if key in counts.index and g is not None and g == g:
                 counts.loc[key, int(g)] += 1
+    if not (counts.sum(axis=1) >= 2).any():
+        return None      # no pair has two ratings (single-rater qrels): alpha is undefined
     return float(krippendorff.alpha(value_counts=counts.to_numpy(), level_of_measurement="ordinal"))
 
 

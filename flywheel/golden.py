@@ -98,7 +98,7 @@ def build_socrata_golden(source: str | Path, out: str | Path = GOLDEN_DIR) -> di
     return stats
 
 
-def human_agreement(labels: pd.DataFrame) -> dict:
+def human_agreement(labels: pd.DataFrame) -> dict | None:
     """Agreement between human raters of the same pair, the ceiling for any judge.
 
     - pairwise: every two raters of a pair (exact, within-one, quadratic-weighted kappa over those pairs);
@@ -117,6 +117,8 @@ def human_agreement(labels: pd.DataFrame) -> dict:
                 single.append(grades[i])
                 rest.append(int(np.clip(np.round(np.delete(grades, i).mean()), 0, 3)))
     a, b, single, rest = map(np.asarray, (a, b, single, rest))
+    if len(a) == 0:
+        return None          # one rater per pair (e.g. BEIR qrels): there is no human ceiling to measure
     return {
         "pairwise_exact": float((a == b).mean()),
         "pairwise_within_one": float((np.abs(a - b) <= 1).mean()),

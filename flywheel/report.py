@@ -208,8 +208,8 @@ def calibration_text(s: dict) -> str:
         lines.append(f"replies that did not parse or failed: {cal['unparsed_rate']:.1%}")
     ka = (s.get("test") or {}).get("krippendorff_alpha")
     if ka:
-        lines.append(f"Krippendorff's alpha (ordinal, test split): humans {ka['humans']:.3f}, "
-                     f"humans + judge {ka['humans_plus_judge']:.3f}")
+        lines.append(f"Krippendorff's alpha (ordinal, test split): humans {_fmt(ka['humans'])}, "
+                     f"humans + judge {_fmt(ka['humans_plus_judge'])}")
     for dim, vals in ((s.get("test") or {}).get("slices") or {}).items():
         lines.append(f"  {dim}: " + "; ".join(
             f"{k} n={v['n']} exact={v['exact']:.2f} ±1={v['within_one']:.2f}"
