@@ -9,7 +9,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 .PHONY: demo test test-fast lock serve ui-prefect ui-mlflow clean-home help judge-gate-llm
 
 help:
-	@echo "make demo   - run the whole daily flywheel offline on the bundled data (about 12.5 min cold, 25 s warm)"
+	@echo "make demo   - run the whole daily flywheel offline on the bundled data (about 14 min cold, under a minute warm)"
 	@echo "make test   - run the whole test suite"
 	@echo "make serve  - serve models:/flywheel-ranker@champion on 127.0.0.1:8765"
 	@echo "make judge-gate-llm - calibrate SmolLM2-135M behind llama.cpp's OpenAI server; the gate blocks it"
