@@ -110,8 +110,7 @@ def main():
     from rich.table import Table
 
     from flywheel.golden import load_golden
-    from models.decoder import encode_pairs
-    from models.ranker import count_params, score_pairs
+    from models.ranker import count_params, score_pairs, score_pairs_naive
 
     console = Console()
     g = load_golden()
@@ -128,16 +127,11 @@ def main():
 
     # naive: one pair per forward, full-vocabulary logits
     sub = rng.choice(len(queries), size=min(a.naive_pairs, len(queries)), replace=False)
-    naive = []
-    with torch.no_grad():
-        model.lm(**{k: v for k, v in encode_pairs(tok, contract, [queries[0]], [titles[0]], [texts[0]]).items()
-                    if k != "last_index"})                                                    # warm-up
-        t0 = time.perf_counter()
-        for i in sub:
-            enc = encode_pairs(tok, contract, [queries[i]], [titles[i]], [texts[i]])
-            logits = model.lm(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits[0, -1]
-            naive.append(float(logits[contract.yes_token_id] - logits[contract.no_token_id]))
-        naive_s = time.perf_counter() - t0
+    score_pairs_naive(model, tok, contract, queries[:1], titles[:1], texts[:1])                      # warm-up
+    t0 = time.perf_counter()
+    naive = score_pairs_naive(model, tok, contract, [queries[i] for i in sub], [titles[i] for i in sub],
+                              [texts[i] for i in sub])
+    naive_s = time.perf_counter() - t0
     naive_ips = len(sub) / naive_s
 
     dtype = getattr(torch, a.dtype)

@@ -95,8 +95,7 @@ def daily_flywheel(cfg: FlywheelConfig = FlywheelConfig(), date: str | None = No
                 r = train.compress_student(rungs[deployable], form, n, cal["judge_version"], cfg)
                 compressed[r["rung"]] = r
         comp_rungs = compressed
-        comp = evaluate.evaluate_compression(compressed, deployable, rungs[deployable], teacher,
-                                             ev["systems"]["teacher"]["ndcg@10"], cfg)
+        comp = evaluate.evaluate_compression(compressed, deployable, rungs[deployable], teacher, ev, cfg)
         c = comp["combined"]
         clock.record("8 compress", t, ", ".join(
             f"{k} {v['ndcg@10']:.3f} ({v['doc_tokens_ratio']:.0f}x shorter documents)"

@@ -105,8 +105,10 @@ def compress_student(parent: dict, form: str, size: int, judge_version: str, cfg
         docs = context.lake(paths).read("documents").rename(columns={"content_hash": "doc_hash"})
         targets = soft_targets(model.base, tok, [[{"title": t, "text": x}[f] for f in fields]
                                                  for t, x in zip(docs.title, docs.text)], int(size))
-        fit_r2 = model.fit_projection(torch.as_tensor(doc_embeddings(docs, paths)), targets)
-        pairs["doc_emb"] = list(doc_embeddings(pairs, paths))
+        emb = doc_embeddings(docs, paths)
+        fit_r2 = model.fit_projection(torch.as_tensor(emb), targets)
+        row = dict(zip(docs.doc_hash, emb))             # every distillation document is in the corpus
+        pairs["doc_emb"] = [row[h] for h in pairs.doc_hash]
     val_q = {q for q in pairs.query_id.unique()
              if int(sha256_text("val", str(cfg.seed), q)[:8], 16) / 0xFFFFFFFF < cc.val_share}
     train, val = pairs[~pairs.query_id.isin(val_q)], pairs[pairs.query_id.isin(val_q)]
@@ -140,20 +142,21 @@ def _agreement(model, tok, contract, pairs: pd.DataFrame) -> float:
     return float(ndcg_at_10(pairs, s, grade_col="grade"))
 
 
-def length_curve(student: dict, test: pd.DataFrame, budgets: list[int]) -> list[dict]:
-    """The uncompressed student read zero-shot (no retraining) with its documents cut to each field budget:
-    NDCG@10 against the document tokens it actually reads."""
+def length_curve(student: dict, uncompressed: dict, test: pd.DataFrame, budgets: list[int]) -> list[dict]:
+    """The uncompressed student (``uncompressed``: its evaluation row) and the same student read zero-shot (no
+    retraining) with its documents cut to each field budget: NDCG@10 against the document tokens it reads."""
     from flywheel.evaluation import ndcg_at_10
     from models.compress import input_lengths
     from models.ranker import load_ranker, score_pairs
 
+    rows = [{"system": "student, uncompressed", "form": "none", "budget": None,
+             "doc_tokens": uncompressed["doc_tokens"], "input_tokens": uncompressed["input_tokens"],
+             "ndcg@10": uncompressed["ndcg@10"]}]
     model, tok, contract = load_ranker(student["path"])
     args = (test["query"].tolist(), test.title.tolist(), test.text.tolist())
-    rows = []
-    for b in [None, *sorted(budgets)]:
-        c = contract if b is None else replace(contract, compression="fields", doc_budget=int(b))
+    for b in sorted(budgets):
+        c = replace(contract, compression="fields", doc_budget=int(b))
         doc, total = input_lengths(tok, c, *args)
-        rows.append({"system": "student, zero-shot" if b else "student, uncompressed", "form": "fields" if b else
-                     "none", "budget": b, "doc_tokens": float(np.mean(doc)), "input_tokens": float(np.mean(total)),
-                     "ndcg@10": ndcg_at_10(test, score_pairs(model, tok, c, *args))})
+        rows.append({"system": "student, zero-shot", "form": "fields", "budget": b, "doc_tokens": float(np.mean(doc)),
+                     "input_tokens": float(np.mean(total)), "ndcg@10": ndcg_at_10(test, score_pairs(model, tok, c, *args))})
     return rows

@@ -67,17 +67,19 @@ def naive_items_per_s(rung: dict, test: pd.DataFrame, n: int = 96) -> float:
                                                   sub.text.tolist()), len(sub)), 1)
 
 
-def evaluate_compression(compressed: dict, student_name: str, student: dict, teacher: dict, teacher_ndcg: float,
+def evaluate_compression(compressed: dict, student_name: str, student: dict, teacher: dict, evaluation: dict,
                          cfg: FlywheelConfig, paths: Paths) -> dict:
     """The compressed students on the golden test split, the input-length curve (with the uncompressed student
     read zero-shot at ``compression.curve_budgets``), and the combined figure: the fastest compressed student
-    holding 95% of the teacher's NDCG@10 against the teacher scored naively, one pair per forward pass."""
+    holding 95% of the teacher's NDCG@10 against the teacher scored naively, one pair per forward pass.
+    ``evaluation``: :func:`evaluate_all`'s result, which already holds the student and the teacher."""
     from flywheel.compression import length_curve
 
     test = load_golden(cfg.resolve(cfg.golden)).pairs("test")
     systems = evaluate_rungs(compressed, test, paths)
-    base = evaluate_rungs({student_name: student}, test, paths)[student_name]
-    curve = length_curve(student, test, cfg.compression.curve_budgets)
+    base = evaluation["systems"][student_name]
+    teacher_ndcg = evaluation["systems"]["teacher"]["ndcg@10"]
+    curve = length_curve(student, base, test, cfg.compression.curve_budgets)
     for name, v in systems.items():
         v["doc_tokens_ratio"] = round(base["doc_tokens"] / max(v["doc_tokens"], 1e-9), 2)
         v["ndcg_ratio_to_uncompressed"] = round(v["ndcg@10"] / max(base["ndcg@10"], 1e-9), 4)

@@ -74,14 +74,18 @@ def _compress(tokenizer, fields: list[str], budget: int) -> str:
     return tokenizer.decode(ids).strip()
 
 
+def word_embeddings(ranker) -> nn.Embedding:
+    """The input token-embedding table of a ranker of either family."""
+    return ranker.lm.get_input_embeddings() if hasattr(ranker, "lm") else ranker.bert.embeddings.word_embeddings
+
+
 @torch.no_grad()
 def soft_targets(ranker, tokenizer, fields: list[list[str]], k: int, max_tokens: int = 32) -> torch.Tensor:
     """[n, k, H]: what each document's k soft tokens should start as — mean input embeddings of its words. With
     as many soft tokens as fields, one per field in the policy's order (stop words and repeats dropped, up to
     ``max_tokens`` tokens each); otherwise the fields' compressed tokens cut into k consecutive chunks. An
     uncompressed ranker reading these means in place of the text already ranks close to reading the text."""
-    emb = (ranker.lm.get_input_embeddings() if hasattr(ranker, "lm") else ranker.bert.embeddings.word_embeddings)
-    w = emb.weight
+    w = word_embeddings(ranker).weight
     fallback = w.mean(0)
     out = torch.empty(len(fields), k, w.shape[1], dtype=w.dtype)
     for i, doc in enumerate(fields):
@@ -119,9 +123,7 @@ class SoftTokenRanker(nn.Module):
         return self.base.config
 
     def _word_embeddings(self) -> nn.Embedding:
-        if hasattr(self.base, "lm"):
-            return self.base.lm.get_input_embeddings()
-        return self.base.bert.embeddings.word_embeddings
+        return word_embeddings(self.base)
 
     def soft_tokens(self, doc_emb: torch.Tensor) -> torch.Tensor:
         """[B, E] → [B, k, H]"""

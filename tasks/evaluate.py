@@ -30,9 +30,9 @@ def accept_pruned(evaluation: dict, cfg: FlywheelConfig) -> dict:
 
 
 @task(name="evaluate-compression", retries=1, retry_delay_seconds=1, cache_key_fn=content_key, persist_result=True)
-def evaluate_compression(compressed: dict, student_name: str, student: dict, teacher: dict, teacher_ndcg: float,
+def evaluate_compression(compressed: dict, student_name: str, student: dict, teacher: dict, evaluation: dict,
                          cfg: FlywheelConfig) -> dict:
-    out = lib.evaluate_compression(compressed, student_name, student, teacher, teacher_ndcg, cfg, paths())
+    out = lib.evaluate_compression(compressed, student_name, student, teacher, evaluation, cfg, paths())
     base = out["uncompressed"]
     rows = [{"system": r["system"], "document tokens": round(r["doc_tokens"], 1), "NDCG@10": r["ndcg@10"],
              "vs uncompressed": round(r["ndcg@10"] / base["ndcg@10"], 4)} for r in out["length_curve"]]
