@@ -1,6 +1,8 @@
 """Every test session gets its own FLYWHEEL_HOME, set before any project module reads it."""
 
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -9,6 +11,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 _HOME = tempfile.mkdtemp(prefix="flywheel-test-")
 os.environ["FLYWHEEL_HOME"] = _HOME
+# A run leaves about 3 GB of checkpoints and MLflow artifacts behind: gone at exit, unless asked to keep them to debug.
+if not os.environ.get("FLYWHEEL_KEEP_TEST_HOME"):
+    atexit.register(shutil.rmtree, _HOME, ignore_errors=True)
 for key in ("PREFECT_HOME", "PREFECT_LOCAL_STORAGE_PATH", "MLFLOW_TRACKING_URI", "HF_HOME", "MPLCONFIGDIR", "IR_DATASETS_HOME"):
     os.environ.pop(key, None)
 
