@@ -97,6 +97,9 @@ class LadderConfig(BaseModel):
     prune_curve: list[float] = Field([], max_length=8)
     prune_min_ndcg_ratio: float = Field(0.98, gt=0, le=1.5)   # the pruned student must hold this share of NDCG
     batch_size: int = Field(32, ge=2)
+    # unlabelled retrieval candidates per training query added to every distillation (mid, student, recovery):
+    # scored by the parent, so the smaller rungs learn from more than the judge's labels
+    pool_per_query: int = Field(0, ge=0, le=200)
 
     @model_validator(mode="after")
     def _names(self):
@@ -138,7 +141,7 @@ class CompressionConfig(BaseModel):
     projection_lr: float = Field(1e-3, gt=0)   # the soft-token projection (fitted first, then distilled)
     val_share: float = Field(0.2, gt=0, lt=1)  # distillation queries held out to pick the best epoch
     min_val_gain: float = Field(0.01, ge=0)    # validation NDCG@10 an epoch must gain over the kept state
-    dtype: Literal["float32", "bfloat16"] = "bfloat16"   # the dtype the compressed students score in
+    dtype: Literal["float32", "bfloat16", "int8"] = "bfloat16"   # the dtype the compressed students score in
 
     @model_validator(mode="after")
     def _sizes(self):

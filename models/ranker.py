@@ -40,7 +40,8 @@ class ScoringContract:
     soft_tokens: int = 0
     embedder: str = ""
     embed_dim: int = 0
-    dtype: str = "float32"                # the dtype the model scores in ("bfloat16": half the memory traffic)
+    dtype: str = "float32"                # the dtype the model scores in: bfloat16 (half the memory traffic) or
+                                          # int8 (CPU: linear layers dynamically quantized at load)
 
     def doc_text(self, title: str, text: str) -> str:
         return self.template.format(title=title, text=text)
@@ -122,11 +123,30 @@ def load_ranker(path: str | Path):
         from models.compress import SoftTokenRanker
 
         model = SoftTokenRanker(model, contract.embed_dim, contract.soft_tokens).load_projection(path).eval()
-    if contract.dtype != "float32":
-        if contract.dtype != "bfloat16":
-            raise ValueError(f"{path}: scoring dtype {contract.dtype!r} is not float32 or bfloat16")
+    if contract.dtype == "bfloat16":
         model = model.to(torch.bfloat16)
+    elif contract.dtype == "int8":
+        model = quantize_int8(model)
+    elif contract.dtype != "float32":
+        raise ValueError(f"{path}: scoring dtype {contract.dtype!r} is not float32, bfloat16 or int8")
     return model, AutoTokenizer.from_pretrained(path), contract
+
+
+def quantize_int8(model):
+    """Dynamic int8 quantization of the transformer blocks' linear layers: weights int8 per output channel, once;
+    activations quantized per batch; the VNNI kernels of x86 CPUs. The head (a decoder's two-row yes/no
+    projection, an encoder's score layer) and the soft-token projection stay float32. A CPU scoring dtype: the
+    checkpoint stays float32, this runs at load."""
+    import re
+    import warnings
+
+    from torch.ao.quantization import per_channel_dynamic_qconfig
+
+    spec = {name: per_channel_dynamic_qconfig for name, m in model.named_modules()
+            if isinstance(m, torch.nn.Linear) and re.search(r"\.layers?\.\d+\.", name)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # torch.ao's eager quantization is deprecated in favour of torchao (GPU-first)
+        return torch.ao.quantization.quantize_dynamic(model, spec, dtype=torch.qint8)
 
 
 def encode_pairs(tokenizer, contract: ScoringContract, queries: list[str], titles: list[str], texts: list[str]) -> dict:
@@ -140,11 +160,19 @@ def encode_pairs(tokenizer, contract: ScoringContract, queries: list[str], title
 def count_params(model, non_embedding: bool = True) -> int:
     """Parameters; with ``non_embedding`` the token-embedding tables (no per-token compute) are left out. A
     soft-token ranker counts its projection too (though it runs once per document, not per pair)."""
+    quantized = sum(m.weight().numel() + (m.bias().numel() if m.bias() is not None else 0)
+                    for m in model.modules() if isinstance(m, torch.ao.nn.quantized.dynamic.Linear))
+    if quantized:   # int8 linear layers keep their weights outside .parameters()
+        return quantized + count_params_float(model, non_embedding)
+    return count_params_float(model, non_embedding)
+
+
+def count_params_float(model, non_embedding: bool = True) -> int:
     from models.compress import SoftTokenRanker
     from models.decoder import DecoderRanker
 
     if isinstance(model, SoftTokenRanker):
-        return count_params(model.base, non_embedding) + sum(p.numel() for p in model.proj.parameters())
+        return count_params_float(model.base, non_embedding) + sum(p.numel() for p in model.proj.parameters())
 
     if isinstance(model, DecoderRanker):
         from models.decoder import count_params as cp

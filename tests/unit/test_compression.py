@@ -86,3 +86,31 @@ def test_pruned_model_is_accepted_only_if_ndcg_holds_and_it_is_faster():
     assert slower["deployable"] == "student" and "0.95x" in slower["reason"]
     worse = accept_pruned(student, {"ndcg@10": 0.87, "items_per_s": 300.0})
     assert worse["deployable"] == "student" and not worse["accepted"]
+
+
+def test_int8_scoring_dtype_quantizes_the_blocks_only_and_keeps_the_ranking(minilm, golden, tmp_path):
+    """``dtype: int8`` quantizes the transformer blocks' linear layers at load (the head stays float32); the
+    scores stay close to float32 on real pairs and the parameter count does not change."""
+    import torch
+
+    from models.ranker import count_params
+
+    model, tok = minilm
+    torch.manual_seed(0)
+    model.score.weight.data.normal_(0, 0.5)    # a head that spreads the scores, as a trained one does
+    save_ranker(model, tok, ScoringContract(max_length=48, dtype="int8"), tmp_path / "q")
+    save_ranker(model, tok, ScoringContract(max_length=48), tmp_path / "f")
+    mq, tq, cq = load_ranker(tmp_path / "q")
+    mf, tf, cf = load_ranker(tmp_path / "f")
+    blocks = [m for n, m in mq.named_modules() if ".layer." in n and n.endswith(("query", "key", "value", "dense"))]
+    assert len(blocks) == 2 * 6 and all(isinstance(m, torch.ao.nn.quantized.dynamic.Linear) for m in blocks)
+    assert type(mq.score) is torch.nn.Linear and mq.score.weight.dtype == torch.float32
+    assert count_params(mq) == count_params(mf)
+    p = golden.pairs("test").head(120)
+    args = (p["query"].tolist(), p.title.tolist(), p.text.tolist())
+    a, b = np.array(score_pairs(mf, tf, cf, *args)), np.array(score_pairs(mq, tq, cq, *args))
+    assert np.corrcoef(a, b)[0, 1] > 0.98
+    assert not np.allclose(a, b, atol=1e-6)          # it really ran in int8
+    with pytest.raises(ValueError, match="float32, bfloat16 or int8"):
+        save_ranker(model, tok, ScoringContract(max_length=48, dtype="int4"), tmp_path / "bad")
+        load_ranker(tmp_path / "bad")
