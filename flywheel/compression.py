@@ -40,28 +40,6 @@ def doc_embeddings(pairs: pd.DataFrame, paths: Paths) -> np.ndarray:
     return np.asarray([cache.get(h) for h in pairs.doc_hash], dtype="float32").reshape(len(pairs), EMBED_DIM)
 
 
-def distillation_pairs(parent: dict, judge_version: str, cfg: FlywheelConfig, paths: Paths) -> pd.DataFrame:
-    """The labelled training pairs plus, per training query, its BM25 / dense retrieval pool and a few random
-    documents, with ``parent``'s score on each (stored, so a second student reuses them)."""
-    from flywheel.labeling import training_pairs
-    from flywheel.ladder import stored_scores
-
-    cols = ["query_id", "doc_id", "doc_hash", "query", "title", "text"]
-    pairs = training_pairs(judge_version, paths)[cols + ["grade"]]
-    k = cfg.compression.pool_per_query
-    if k:
-        lk = context.lake(paths)
-        queries = pairs[["query_id", "query"]].drop_duplicates("query_id").rename(columns={"query": "text"})
-        pool = context.retriever(paths).candidates(queries, k_bm25=k // 2, k_dense=k // 2, n_random=k // 4,
-                                                   seed=cfg.seed)
-        docs = lk.read("documents")[["doc_id", "title", "text"]]
-        pool = pool[["query_id", "doc_id", "doc_hash"]].merge(
-            queries.rename(columns={"text": "query"}), on="query_id").merge(docs, on="doc_id")
-        pairs = pd.concat([pairs, pool[cols]]).drop_duplicates(["query_id", "doc_hash"])
-    pairs = pairs.sort_values(["query_id", "doc_id"]).reset_index(drop=True)
-    return stored_scores(parent, pairs, paths)
-
-
 def compress_student(parent: dict, form: str, size: int, judge_version: str, cfg: FlywheelConfig, paths: Paths,
                      progress=None) -> dict:
     """Distil a ``form`` ("fields" with a ``size``-token budget, or "soft" with ``size`` soft tokens) version of
@@ -75,7 +53,7 @@ def compress_student(parent: dict, form: str, size: int, judge_version: str, cfg
 
     import torch
 
-    from flywheel.ladder import _save_atomic, _summary
+    from flywheel.ladder import _save_atomic, _summary, distillation_pairs
     from flywheel.policy import load_policy
     from models.ranker import load_ranker
     from models.train import TrainConfig, train_ranker
@@ -89,7 +67,7 @@ def compress_student(parent: dict, form: str, size: int, judge_version: str, cfg
                       str(cfg.ladder.batch_size))[:12]
     out = paths.models / "ladder" / f"{name}-{key}"
     t = time.time()
-    pairs = distillation_pairs(parent, judge_version, cfg, paths)
+    pairs = distillation_pairs(parent, judge_version, cfg.compression.pool_per_query, cfg, paths)
     model, tok, contract = load_ranker(parent["path"])
     fit_r2 = None
     if form == "fields":

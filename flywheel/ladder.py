@@ -158,6 +158,30 @@ def teacher_scores(parent: dict, judge_version: str, paths: Paths) -> pd.DataFra
     return stored_scores(parent, training_pairs(judge_version, paths), paths)
 
 
+def distillation_pairs(parent: dict, judge_version: str, pool_per_query: int, cfg: FlywheelConfig,
+                       paths: Paths) -> pd.DataFrame:
+    """The labelled training pairs plus, with ``pool_per_query`` > 0, each training query's BM25 / dense retrieval
+    pool and a few random documents (unlabelled: the parent's scores are the only targets there), with
+    ``parent``'s score on each (stored, so every student of the same parent reuses them). Score-level distillation
+    needs no labels, so the pool gives the smaller rungs many more targets than the judge labelled."""
+    from flywheel.labeling import training_pairs
+
+    cols = ["query_id", "doc_id", "doc_hash", "query", "title", "text"]
+    pairs = training_pairs(judge_version, paths)[cols + ["grade"]]
+    k = pool_per_query
+    if k:
+        lk = context.lake(paths)
+        queries = pairs[["query_id", "query"]].drop_duplicates("query_id").rename(columns={"query": "text"})
+        pool = context.retriever(paths).candidates(queries, k_bm25=k // 2, k_dense=k // 2, n_random=k // 4,
+                                                   seed=cfg.seed)
+        docs = lk.read("documents")[["doc_id", "title", "text"]]
+        pool = pool[["query_id", "doc_id", "doc_hash"]].merge(
+            queries.rename(columns={"text": "query"}), on="query_id").merge(docs, on="doc_id")
+        pairs = pd.concat([pairs, pool[cols]]).drop_duplicates(["query_id", "doc_hash"])
+    pairs = pairs.sort_values(["query_id", "doc_id"]).reset_index(drop=True)
+    return stored_scores(parent, pairs, paths)
+
+
 def stored_scores(parent: dict, pairs: pd.DataFrame, paths: Paths) -> pd.DataFrame:
     """``pairs`` (query_id, doc_id, doc_hash, query, title, text) with ``teacher_score``: ``parent``'s score, read
     from ``teacher_scores`` (same rung and model version) where stored; the rest computed once and stored."""
@@ -238,12 +262,12 @@ def distil(rung_name: str, parent: dict, judge_version: str, cfg: FlywheelConfig
     from models.train import TrainConfig, train_ranker
 
     rung = next(r for r in cfg.ladder.rungs if r.name == rung_name)
-    pairs = teacher_scores(parent, judge_version, paths)
+    pairs = distillation_pairs(parent, judge_version, cfg.ladder.pool_per_query, cfg, paths)
     aux = {}
     if engagement is not None and cfg.engagement.weight > 0:
         from flywheel.engagement import engagement_targets
 
-        eng = teacher_scores(engagement, judge_version, paths)[["query_id", "doc_hash", "teacher_score"]]
+        eng = stored_scores(engagement, pairs, paths)[["query_id", "doc_hash", "teacher_score"]]
         e = eng.teacher_score.to_numpy(dtype=float)
         r = pairs.teacher_score.to_numpy(dtype=float)
         scaled = (e - e.mean()) / (e.std() + 1e-9) * r.std() + r.mean()
@@ -254,7 +278,8 @@ def distil(rung_name: str, parent: dict, judge_version: str, cfg: FlywheelConfig
         pairs["engagement_mask"] = [float((q, d) in seen_keys) for q, d in zip(pairs.query_id, pairs.doc_id)]
         aux = {"aux_target": "engagement_score", "aux_mask": "engagement_mask"}
     key = sha256_text(parent["model_version"], rung.model_dump_json(), str(cfg.ladder.batch_size),
-                      *([engagement["model_version"], str(cfg.engagement.weight)] if aux else []))[:12]
+                      *([engagement["model_version"], str(cfg.engagement.weight)] if aux else []),
+                      *([f"pool{cfg.ladder.pool_per_query}"] if cfg.ladder.pool_per_query else []))[:12]
     out = paths.models / "ladder" / f"{rung_name}-{key}"
     t = time.time()
     model, tok, contract = build_rung(rung, paths, cfg.seed, parent=parent)
@@ -280,11 +305,12 @@ def prune_student(student: dict, judge_version: str, cfg: FlywheelConfig, paths:
     from models.prune import block_influence, prune_layers
     from models.train import TrainConfig, train_ranker
 
-    pairs = teacher_scores(student, judge_version, paths)
+    pairs = distillation_pairs(student, judge_version, cfg.ladder.pool_per_query, cfg, paths)
     lc = cfg.ladder if mlp_keep is None else cfg.ladder.model_copy(update={"prune_mlp_keep": mlp_keep})
     key = sha256_text(student["model_version"], str(lc.prune_drop_layers), str(lc.recovery_epochs),
                       *([str(lc.prune_mlp_keep), str(lc.prune_kv_groups_keep)]
-                        if (lc.prune_mlp_keep, lc.prune_kv_groups_keep) != (1.0, 1.0) else []))[:12]
+                        if (lc.prune_mlp_keep, lc.prune_kv_groups_keep) != (1.0, 1.0) else []),
+                      *([f"pool{lc.pool_per_query}"] if lc.pool_per_query else []))[:12]
     out = paths.models / "ladder" / f"{name}-{key}"
     t = time.time()
     model, tok, contract = load_ranker(student["path"])
