@@ -267,7 +267,8 @@ def distil(rung_name: str, parent: dict, judge_version: str, cfg: FlywheelConfig
     if engagement is not None and cfg.engagement.weight > 0:
         from flywheel.engagement import engagement_targets
 
-        eng = stored_scores(engagement, pairs, paths)[["query_id", "doc_hash", "teacher_score"]]
+        eng = stored_scores(engagement, pairs.drop(columns="teacher_score"), paths)
+        eng = eng[["query_id", "doc_hash", "teacher_score"]]
         e = eng.teacher_score.to_numpy(dtype=float)
         r = pairs.teacher_score.to_numpy(dtype=float)
         scaled = (e - e.mean()) / (e.std() + 1e-9) * r.std() + r.mean()
