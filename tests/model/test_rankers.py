@@ -76,3 +76,21 @@ def test_pruned_model_saves_and_loads_with_plain_from_pretrained(tmp_path, toy):
     assert again.config.num_hidden_layers == 2
     with pytest.raises(ValueError):
         prune_layers(model, [0.1, 0.2], 2)
+
+
+def test_encoder_rung_derives_from_its_parent_by_depth_pruning(tmp_path):
+    """checkpoint 'parent': the rung starts from the trained rung above, keeping some of its layers (Minitron)."""
+    import torch
+
+    from flywheel.config import RungConfig
+    from flywheel.ladder import build_rung
+
+    parent, tok = build_cross_encoder([0, 3, 5], seed=1)
+    save_ranker(parent, tok, ScoringContract(max_length=48), tmp_path / "mid")
+    child, _, contract = build_rung(RungConfig(name="student", checkpoint="parent", layers=[0, 2]), None,
+                                    parent={"path": str(tmp_path / "mid")})
+    assert child.config.num_hidden_layers == 2 and contract.max_length == 48
+    assert torch.equal(child.bert.encoder.layer[1].output.dense.weight, parent.bert.encoder.layer[2].output.dense.weight)
+    assert torch.equal(child.score.weight, parent.score.weight)
+    with pytest.raises(ValueError, match="needs the rung above"):
+        build_rung(RungConfig(name="mid", checkpoint="parent", layers=[0]), None)
