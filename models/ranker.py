@@ -215,10 +215,29 @@ def score_pairs(model, tokenizer, contract: ScoringContract, queries: list[str],
         if soft:
             enc["doc_emb"] = torch.as_tensor(np.asarray(doc_emb)[idx], dtype=torch.float32)
         dev = next(model.parameters()).device
+        short_input_attention(model, enc["input_ids"].shape[1])
         logits = model(**{k: v.to(dev) for k, v in enc.items()}).logits[:, 0].float()                      # [B]
         for i, v in zip(idx, logits.tolist()):
             out[i] = v
     return out
+
+
+SHORT_INPUT_TOKENS = 16
+
+
+def short_input_attention(model, length: int) -> None:
+    """Encoders in bfloat16 on a CPU run batches padded to at most ``SHORT_INPUT_TOKENS`` tokens (compressed
+    documents) faster with plain matmul attention than with SDPA's fused kernel (measured here: +20% items/s at 8
+    tokens, even at 16, SDPA ahead from 24 and in float32); every other batch keeps SDPA. Same scores either way."""
+    from models.decoder import DecoderRanker
+
+    base = getattr(model, "base", model)                       # a SoftTokenRanker's encoder
+    if isinstance(base, DecoderRanker) or not hasattr(base, "set_attn_implementation"):
+        return
+    p = next(base.parameters())
+    want = "eager" if length <= SHORT_INPUT_TOKENS and p.dtype == torch.bfloat16 and p.device.type == "cpu" else "sdpa"
+    if base.config._attn_implementation != want:
+        base.set_attn_implementation(want)
 
 
 @torch.no_grad()

@@ -114,3 +114,25 @@ def test_int8_scoring_dtype_quantizes_the_blocks_only_and_keeps_the_ranking(mini
     with pytest.raises(ValueError, match="float32, bfloat16 or int8"):
         save_ranker(model, tok, ScoringContract(max_length=48, dtype="int4"), tmp_path / "bad")
         load_ranker(tmp_path / "bad")
+
+
+def test_short_bfloat16_batches_switch_to_matmul_attention_with_the_same_scores(minilm, golden, monkeypatch):
+    import copy
+
+    import torch
+
+    from models import ranker
+
+    model, tok = minilm
+    model = copy.deepcopy(model).to(torch.bfloat16)
+    c = ScoringContract(max_length=48, compression="fields", doc_budget=4)
+    p = golden.pairs("test")
+    p = p[p["query"].str.split().str.len() <= 4].head(60)
+    args = (p["query"].tolist(), p.title.tolist(), p.text.tolist())
+    short = np.array(score_pairs(model, tok, c, *args))
+    assert model.config._attn_implementation == "eager"          # every batch padded to <= 16 tokens
+    monkeypatch.setattr(ranker, "SHORT_INPUT_TOKENS", 0)
+    fused = np.array(score_pairs(model, tok, c, *args))
+    assert model.config._attn_implementation == "sdpa"
+    np.testing.assert_allclose(short, fused, atol=0.1)            # bfloat16 rounding only
+    assert np.corrcoef(short, fused)[0, 1] > 0.999
