@@ -26,25 +26,17 @@ from flywheel.settings import configure_environment  # noqa: E402
 
 
 def matmul_peak(seconds: float = 3.0, dtype=None) -> float:
-    """Best FLOP/s of square matrix products in ``dtype`` on this machine (all threads torch uses); for
-    ``torch.qint8``, of the dynamically quantized linear layer the int8 scorer runs (int8 weights, float input)."""
+    """Best FLOP/s of square matrix products in ``dtype`` on this machine (all threads torch uses)."""
     import torch
 
     dtype = dtype or torch.float32
     best = 0.0
     for n in (1024, 2048, 3072):
-        if dtype == torch.qint8:
-            from models.ranker import quantize_int8
-
-            lin = quantize_int8(torch.nn.ModuleDict({"layers": torch.nn.ModuleList([torch.nn.Linear(n, n)])}))
-            a, op = torch.randn(n, n), lin["layers"][0]
-        else:
-            a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-            op = lambda x: torch.mm(x, b)  # noqa: E731
-        op(a)
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        torch.mm(a, b)
         reps, t0 = 0, time.perf_counter()
         while time.perf_counter() - t0 < seconds / 3:
-            op(a)
+            torch.mm(a, b)
             reps += 1
         best = max(best, 2 * n ** 3 * reps / (time.perf_counter() - t0))
     return best
@@ -107,10 +99,9 @@ def main():
     ap.add_argument("--docs", type=int, default=24, help="documents per query")
     ap.add_argument("--naive-pairs", type=int, default=24, help="pairs timed the naive way (it is slow)")
     ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "int8"],
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                     help="dtype of the optimised scorer (the naive one stays float32); bfloat16 uses this CPU's "
-                         "AVX512-BF16 units, int8 its VNNI units (the blocks' linear layers dynamically quantized, "
-                         "models.ranker.quantize_int8); the peak is measured in the same dtype")
+                         "AVX512-BF16 units, and its peak is measured in bfloat16")
     a = ap.parse_args()
     paths = configure_environment()
     import numpy as np
@@ -143,13 +134,8 @@ def main():
     naive_s = time.perf_counter() - t0
     naive_ips = len(sub) / naive_s
 
-    if a.dtype == "int8":
-        from models.ranker import quantize_int8
-
-        dtype, model = torch.qint8, quantize_int8(model)
-    else:
-        dtype = getattr(torch, a.dtype)
-        model = model.to(dtype)
+    dtype = getattr(torch, a.dtype)
+    model = model.to(dtype)
     score_pairs(model, tok, contract, queries[:a.docs], titles[:a.docs], texts[:a.docs], a.batch)   # warm-up
     t0 = time.perf_counter()
     opt = score_pairs(model, tok, contract, queries, titles, texts, a.batch)

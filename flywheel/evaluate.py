@@ -15,7 +15,7 @@ from flywheel.policy import load_policy
 from flywheel.settings import Paths
 
 
-def _speed(fn, n: int, repeats: int = 3) -> float:
+def _speed(fn, n: int, repeats: int = 2) -> float:
     """Items/s of ``fn`` (which scores ``n`` items): the best of ``repeats`` timed runs, after the caller's first,
     untimed run has warmed the kernels up (oneDNN builds its primitives per shape on first use)."""
     best = float("inf")
