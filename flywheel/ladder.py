@@ -159,6 +159,13 @@ def teacher_scores(parent: dict, judge_version: str, paths: Paths) -> pd.DataFra
     return stored_scores(parent, training_pairs(judge_version, paths), paths)
 
 
+def _distillation_key(lc) -> list[str]:
+    """Cache-key parts of the distillation settings every rung below the teacher shares (none when off, so
+    checkpoints made before they existed keep their keys)."""
+    return ([f"pool{lc.pool_per_query}"] if lc.pool_per_query else []) + \
+        ([f"listwise{lc.listwise_weight}"] if lc.listwise_weight else [])
+
+
 def distillation_pairs(parent: dict, judge_version: str, pool_per_query: int, cfg: FlywheelConfig,
                        paths: Paths) -> pd.DataFrame:
     """The labelled training pairs plus, with ``pool_per_query`` > 0, each training query's BM25 / dense retrieval
@@ -169,8 +176,7 @@ def distillation_pairs(parent: dict, judge_version: str, pool_per_query: int, cf
 
     cols = ["query_id", "doc_id", "doc_hash", "query", "title", "text"]
     pairs = training_pairs(judge_version, paths)[cols + ["grade"]]
-    k = pool_per_query
-    if k:
+    if k := pool_per_query:
         lk = context.lake(paths)
         queries = pairs[["query_id", "query"]].drop_duplicates("query_id").rename(columns={"query": "text"})
         pool = context.retriever(paths).candidates(queries, k_bm25=k // 2, k_dense=k // 2, n_random=k // 4,
@@ -281,8 +287,7 @@ def distil(rung_name: str, parent: dict, judge_version: str, cfg: FlywheelConfig
         aux = {"aux_target": "engagement_score", "aux_mask": "engagement_mask"}
     key = sha256_text(parent["model_version"], rung.model_dump_json(), str(cfg.ladder.batch_size),
                       *([engagement["model_version"], str(cfg.engagement.weight)] if aux else []),
-                      *([f"pool{cfg.ladder.pool_per_query}"] if cfg.ladder.pool_per_query else []),
-                      *([f"listwise{cfg.ladder.listwise_weight}"] if cfg.ladder.listwise_weight else []))[:12]
+                      *_distillation_key(cfg.ladder))[:12]
     out = paths.models / "ladder" / f"{rung_name}-{key}"
     t = time.time()
     model, tok, contract = build_rung(rung, paths, cfg.seed, parent=parent)
@@ -314,8 +319,7 @@ def prune_student(student: dict, judge_version: str, cfg: FlywheelConfig, paths:
     key = sha256_text(student["model_version"], str(lc.prune_drop_layers), str(lc.recovery_epochs),
                       *([str(lc.prune_mlp_keep), str(lc.prune_kv_groups_keep)]
                         if (lc.prune_mlp_keep, lc.prune_kv_groups_keep) != (1.0, 1.0) else []),
-                      *([f"pool{lc.pool_per_query}"] if lc.pool_per_query else []),
-                      *([f"listwise{lc.listwise_weight}"] if lc.listwise_weight else []))[:12]
+                      *_distillation_key(lc))[:12]
     out = paths.models / "ladder" / f"{name}-{key}"
     t = time.time()
     model, tok, contract = load_ranker(student["path"])
