@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 
-from models.decoder import DecoderRanker, build_tiny_qwen3, encode_pairs, train_bpe_tokenizer
+from models.decoder import DecoderRanker, build_tiny_qwen3, encode_pairs, length_buckets, train_bpe_tokenizer
 from models.prune import block_influence, prune_layers
 from models.ranker import decoder_contract, load_ranker, save_ranker, score_pairs
 
@@ -65,6 +65,51 @@ def test_score_does_not_depend_on_batch_composition_or_prefix_sharing(tiny):
     np.testing.assert_allclose(shuffled, alone, atol=1e-4)
     np.testing.assert_allclose(shared, alone, atol=1e-4)
     assert len({round(v, 4) for v in alone}) == 5                     # different pairs, different scores
+
+
+def _padded_cost(batches, length, overhead):
+    return sum(len(b) * max(length[i] for i in b) + overhead for b in batches)
+
+
+def _all_splits(items):
+    if not items:
+        yield []
+        return
+    for k in range(1, len(items) + 1):
+        for rest in _all_splits(items[k:]):
+            yield [items[:k]] + rest
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_length_buckets_find_the_cheapest_split_and_respect_the_batch_cap(seed):
+    rng = np.random.default_rng(seed)
+    lengths = sorted(int(v) for v in rng.integers(3, 120, size=9))
+    order = list(range(100, 109))                                   # item ids, already sorted by length
+    length = dict(zip(order, lengths))
+    for cap, overhead in ((9, 0), (4, 0), (9, 30), (3, 500)):
+        got = length_buckets(order, lengths, cap, overhead)
+        assert [i for b in got for i in b] == order and all(len(b) <= cap for b in got)
+        best = min(_padded_cost(s, length, overhead) for s in _all_splits(order) if all(len(b) <= cap for b in s))
+        assert _padded_cost(got, length, overhead) == best
+    assert length_buckets(order, lengths, 9, 10 ** 9) == [order]      # a huge batch cost: one batch
+    with pytest.raises(ValueError, match="sorted"):
+        length_buckets([0, 1], [5, 2], 4)
+
+
+def test_shared_prefix_scores_the_same_when_a_query_splits_into_length_buckets(tiny, monkeypatch):
+    import models.decoder as dec
+
+    model, tok, contract = tiny
+    t = [f"Title {i}" for i in range(10)]
+    x = ["budget " * (1 + 3 * i) for i in range(10)]                  # lengths from 1 to 28 words
+    q = ["city budget"] * 10
+    calls = []
+    real = dec.length_buckets
+    monkeypatch.setattr(dec, "length_buckets", lambda *a: calls.append(real(*a, overhead_tokens=0)) or calls[-1])
+    shared = score_pairs(model, tok, contract, q, t, x, batch_size=4, shared_prefix=True)
+    assert len(calls[0]) >= 3                                          # several buckets for one query
+    alone = [score_pairs(model, tok, contract, [a], [b], [c], shared_prefix=False)[0] for a, b, c in zip(q, t, x)]
+    np.testing.assert_allclose(shared, alone, atol=1e-4)
 
 
 def test_saved_ranker_loads_by_contract_and_scores_the_same(tmp_path, tiny):
