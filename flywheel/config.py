@@ -103,12 +103,18 @@ class LadderConfig(BaseModel):
     pool_per_query: int = Field(0, ge=0, le=200)
     # weight of the listwise KL (ListNet) over each query's candidates in distillation, beside MSE and MarginMSE
     listwise_weight: float = Field(0.0, ge=0)
+    # documents' titles used as extra unlabelled training queries in distillation (each with its pool of
+    # pool_per_query candidates, scored by the parent); never a golden query's text. 0 = only labelled queries.
+    pseudo_queries: int = Field(0, ge=0, le=20000)
 
     @model_validator(mode="after")
     def _names(self):
         names = [r.name for r in self.rungs]
         if names != ["teacher", "mid", "student"]:
             raise ValueError(f"rungs must be named teacher, mid, student in that order; got {names}")
+        if self.pseudo_queries and not self.pool_per_query:
+            raise ValueError("ladder.pseudo_queries needs ladder.pool_per_query > 0: a pseudo-query's training "
+                             "pairs are its retrieval pool")
         if any(not 0 < r <= 1 for r in self.prune_curve):
             raise ValueError(f"prune_curve holds MLP keep ratios in (0, 1]; got {self.prune_curve}")
         return self

@@ -163,7 +163,21 @@ def _distillation_key(lc) -> list[str]:
     """Cache-key parts of the distillation settings every rung below the teacher shares (none when off, so
     checkpoints made before they existed keep their keys)."""
     return ([f"pool{lc.pool_per_query}"] if lc.pool_per_query else []) + \
-        ([f"listwise{lc.listwise_weight}"] if lc.listwise_weight else [])
+        ([f"listwise{lc.listwise_weight}"] if lc.listwise_weight else []) + \
+        ([f"pseudo{lc.pseudo_queries}"] if lc.pseudo_queries else [])
+
+
+def pseudo_queries(documents: pd.DataFrame, queries: pd.DataFrame, n: int, seed: int = 0) -> pd.DataFrame:
+    """Up to ``n`` documents' titles as unlabelled queries (query_id ``pseudo:<doc_id>``, text) for distillation,
+    where no query log is at hand: a title is the kind of short text people search with, and the parent's
+    scores on its retrieval pool need no label. Never a title equal (case-insensitively) to any query in
+    ``queries``: the golden test queries stay unseen by every rung, and labelled queries are there already."""
+    known = set(queries.text.astype(str).str.strip().str.lower())
+    title = documents.title.fillna("").astype(str).str.strip()
+    ok = documents.assign(_t=title, _k=title.str.lower())
+    ok = ok[(ok._t.str.len() > 0) & ~ok._k.isin(known)].drop_duplicates("_k")
+    pick = ok.sample(min(n, len(ok)), random_state=seed).sort_values("doc_id")
+    return pd.DataFrame({"query_id": "pseudo:" + pick.doc_id.astype(str), "text": pick._t}).reset_index(drop=True)
 
 
 def distillation_pairs(parent: dict, judge_version: str, pool_per_query: int, cfg: FlywheelConfig,
@@ -171,7 +185,9 @@ def distillation_pairs(parent: dict, judge_version: str, pool_per_query: int, cf
     """The labelled training pairs plus, with ``pool_per_query`` > 0, each training query's BM25 / dense retrieval
     pool and a few random documents (unlabelled: the parent's scores are the only targets there), with
     ``parent``'s score on each (stored, so every student of the same parent reuses them). Score-level distillation
-    needs no labels, so the pool gives the smaller rungs many more targets than the judge labelled."""
+    needs no labels, so the pool gives the smaller rungs many more targets than the judge labelled. With
+    ``ladder.pseudo_queries`` > 0, that many documents' titles join the training queries
+    (:func:`pseudo_queries`), each with its own pool: more queries, not only more documents per query."""
     from flywheel.labeling import training_pairs
 
     cols = ["query_id", "doc_id", "doc_hash", "query", "title", "text"]
@@ -179,6 +195,9 @@ def distillation_pairs(parent: dict, judge_version: str, pool_per_query: int, cf
     if k := pool_per_query:
         lk = context.lake(paths)
         queries = pairs[["query_id", "query"]].drop_duplicates("query_id").rename(columns={"query": "text"})
+        if cfg.ladder.pseudo_queries:
+            queries = pd.concat([queries, pseudo_queries(lk.read("documents"), lk.read("queries"),
+                                                         cfg.ladder.pseudo_queries, cfg.seed)], ignore_index=True)
         pool = context.retriever(paths).candidates(queries, k_bm25=k // 2, k_dense=k // 2, n_random=k // 4,
                                                    seed=cfg.seed)
         docs = lk.read("documents")[["doc_id", "title", "text"]]

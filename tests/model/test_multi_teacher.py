@@ -78,3 +78,34 @@ def test_engagement_weight_pulls_the_student_towards_the_engagement_teacher():
     assert np.isfinite(pooled["loss_last"]) and pooled["model_version"] != multi["model_version"]
     stored = lake(paths).read("teacher_scores")
     assert len(stored[stored.model_version == teacher["model_version"]]) == pooled["train_pairs"]
+
+    # pseudo-queries: documents' titles join the training queries, each with its own pool scored by the teacher;
+    # none is the text of a golden query (the held-out test queries included)
+    c2 = c.model_copy(update={"ladder": c.ladder.model_copy(update={"pseudo_queries": 20})})
+    pairs = ladder.distillation_pairs(teacher, jv, 8, c2, paths)
+    pseudo = pairs[pairs.query_id.str.startswith("pseudo:")]
+    assert pseudo.query_id.nunique() == 20 and pseudo.grade.isna().all() and pseudo.teacher_score.notna().all()
+    assert not set(pseudo["query"].str.lower()) & set(lake(paths).read("queries").text.str.lower())
+    assert len(pairs) - len(pseudo) == pooled["train_pairs"]
+
+
+def test_pseudo_queries_never_repeat_a_golden_query_and_are_reproducible():
+    import pandas as pd
+
+    docs = pd.DataFrame({"doc_id": [f"d{i}" for i in range(8)],
+                         "title": ["Data Scientist", "data scientist ", "Nurse", "", "Welder", "Chef", "Pilot",
+                                   "Crime by area"]})
+    queries = pd.DataFrame({"text": ["NURSE", "crime by area"]})         # e.g. a held-out test query, any case
+    got = ladder.pseudo_queries(docs, queries, 10, seed=0)
+    assert sorted(got.text) == ["Chef", "Data Scientist", "Pilot", "Welder"]   # no duplicate, empty or golden title
+    assert got.query_id.str.startswith("pseudo:").all()
+    few = ladder.pseudo_queries(docs, queries, 2, seed=3)
+    assert len(few) == 2 and few.equals(ladder.pseudo_queries(docs, queries, 2, seed=3))
+
+
+def test_pseudo_queries_need_a_pool():
+    from flywheel.config import load_config
+
+    cfg = load_config("configs/ci.yaml")
+    with pytest.raises(ValueError, match="pool_per_query"):
+        cfg.ladder.model_validate({**cfg.ladder.model_dump(), "pool_per_query": 0, "pseudo_queries": 5})
