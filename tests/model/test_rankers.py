@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 from flywheel.evaluation import ndcg_at_10
 from models.cross_encoder import build_cross_encoder
@@ -94,3 +95,18 @@ def test_encoder_rung_derives_from_its_parent_by_depth_pruning(tmp_path):
     assert torch.equal(child.score.weight, parent.score.weight)
     with pytest.raises(ValueError, match="needs the rung above"):
         build_rung(RungConfig(name="mid", checkpoint="parent", layers=[0]), None)
+
+
+def test_frozen_embeddings_stay_put_while_the_layers_learn(tmp_path, toy):
+    from flywheel.config import RungConfig
+    from flywheel.ladder import build_rung
+
+    rung = RungConfig(name="student", layers=[0, 1], freeze_embeddings=True)
+    model, tok, contract = build_rung(rung, paths=None)
+    emb = model.get_input_embeddings().weight.detach().clone()
+    layer = model.bert.encoder.layer[0].attention.self.query.weight.detach().clone()
+    train_ranker(model, tok, contract, toy.head(64), "target", "labels", TrainConfig(epochs=1, lr=1e-3, batch_size=16))
+    assert torch.equal(model.get_input_embeddings().weight, emb)
+    assert not torch.allclose(model.bert.encoder.layer[0].attention.self.query.weight, layer)
+    unfrozen, _, _ = build_rung(rung.model_copy(update={"freeze_embeddings": False}), paths=None)
+    assert unfrozen.get_input_embeddings().weight.requires_grad
