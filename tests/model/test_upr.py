@@ -54,3 +54,40 @@ def test_gemma_query_likelihood_tracks_human_grades(home, golden):
     s = upr.QueryLikelihoodScorer(ck, max_doc_tokens=64)
     scores = s.score(pairs["query"].tolist(), [f"{t}. {x}" for t, x in zip(pairs.title, pairs.text)])
     assert spearmanr(scores, pairs.aggregated_grade).statistic > 0.35
+
+
+@pytest.mark.slow
+def test_gemma_rung_trains_saves_and_reloads_with_the_same_scores(home, golden, tmp_path):
+    """Gemma 3 270M as a decoder teacher rung: a few training steps with frozen embeddings, saved with its
+    contract (the converted checkpoint carries no GGUF quantization, so a trained model can save), reloaded by
+    plain from_pretrained, and scored the same. Then a rung derived from it by depth pruning loads too."""
+    import json
+
+    import numpy as np
+
+    from flywheel.config import RungConfig
+    from flywheel.ladder import build_rung
+    from flywheel.settings import Paths
+    from models.prune import keep_layers
+    from models.ranker import load_ranker, save_ranker, score_pairs
+    from models.train import TrainConfig, train_ranker
+
+    paths = Paths(home)
+    ck = upr.gemma_checkpoint(paths.models)
+    assert "quantization_config" not in json.loads((ck / "config.json").read_text())
+    rung = RungConfig(name="teacher", family="decoder", checkpoint="gemma3-270m", max_length=48,
+                      freeze_embeddings=True)
+    model, tok, contract = build_rung(rung, paths)
+    pairs = golden.pairs("calibration").head(8).assign(target=lambda d: d.aggregated_grade / 3.0)
+    emb = model.lm.get_input_embeddings().weight[:4].detach().clone()
+    losses = train_ranker(model, tok, contract, pairs, "target", "labels", TrainConfig(epochs=1, lr=1e-5, batch_size=4))
+    assert len(losses) == 2 and np.isfinite(losses).all()
+    assert torch.equal(model.lm.get_input_embeddings().weight[:4], emb)
+    save_ranker(model, tok, contract, tmp_path / "t")
+    m2, t2, c2 = load_ranker(tmp_path / "t")
+    args = (pairs["query"].tolist(), pairs.title.tolist(), pairs.text.tolist())
+    np.testing.assert_allclose(score_pairs(m2, t2, c2, *args), score_pairs(model, tok, contract, *args), atol=1e-3)
+    keep_layers(m2, [0, 5, 11, 17])
+    save_ranker(m2, t2, c2, tmp_path / "s")
+    m3, _, _ = load_ranker(tmp_path / "s")
+    assert m3.config.num_hidden_layers == 4 and m3.config.layer_types.count("full_attention") == 3
