@@ -46,7 +46,9 @@ def main(argv=None) -> dict:
     src.add_argument("--avature", action="store_true",
                      help="export ../shared/datasets/avature_job_titles to the BEIR layout first, then use it")
     ap.add_argument("--policy", type=Path, required=True, help="the grading policy the judge follows")
-    ap.add_argument("--family", choices=["encoder", "decoder"], default="encoder")
+    ap.add_argument("--family", choices=["encoder", "decoder"], default="encoder",
+                    help="decoder: the ladder of configs/decoder.yaml (Qwen3 built from configs) in place of --config's; "
+                         "the printed family is that of the ladder that ran")
     ap.add_argument("--config", type=Path, default=ROOT / "configs" / "quality.yaml")
     ap.add_argument("--home", type=Path, default=None, help="flywheel home (default .flywheel/bench/<dataset>)")
     ap.add_argument("--date", default="2026-01-01", help="the run date (labels and clicks are keyed by it)")
@@ -60,25 +62,25 @@ def main(argv=None) -> dict:
         if not (a.data / "corpus.jsonl").exists():
             to_beir(ROOT.parent / "shared" / "datasets" / "avature_job_titles", a.data)
     name = a.data.resolve().name
-    home = (a.home or ROOT / ".flywheel" / "bench" / f"{name}-{a.family}").resolve()
-    os.environ["FLYWHEEL_HOME"] = str(home)
-
     from flywheel.config import load_config
     from flywheel.policy import load_policy
 
     load_policy(a.policy)            # a bad policy fails here, before any work
+    cfg = load_config(a.config)
+    ladder = load_config(ROOT / "configs" / "decoder.yaml").ladder if a.family == "decoder" else cfg.ladder
+    family = ladder.rungs[0].family  # what the ladder is made of: --family, or the rungs of --config
+    home = (a.home or ROOT / ".flywheel" / "bench" / f"{name}-{family}").resolve()
+    os.environ["FLYWHEEL_HOME"] = str(home)
+
     golden = home / "golden"
     counts = golden_from_beir(a.data, golden)
-    cfg = load_config(a.config)
-    update = {"golden": str(golden), "policy": str(a.policy.resolve()), "name": f"quality-{name}"}
-    if a.family == "decoder":
-        update["ladder"] = load_config(ROOT / "configs" / "decoder.yaml").ladder
-    cfg = cfg.model_copy(update=update)
+    cfg = cfg.model_copy(update={"golden": str(golden), "policy": str(a.policy.resolve()), "name": f"quality-{name}",
+                                 "ladder": ladder})
 
     from flows.daily import with_runner
 
     summary = with_runner(cfg)(cfg, a.date)
-    out = figures(summary, counts, name, a.family)
+    out = figures(summary, counts, name, f"{family}, teacher {ladder.rungs[0].checkpoint}")
     print_figures(out)
     if a.json:
         a.json.write_text(json.dumps(out, indent=2, default=str))

@@ -49,6 +49,7 @@ def test_quality_bench_runs_the_whole_flywheel_on_unseen_beir_data(tmp_path):
                           capture_output=True, text=True, timeout=1200, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     fig = json.loads(out.read_text())
+    assert fig["family"] == "encoder, teacher minilm"    # what ran: the ladder of --config
     assert fig["counts"] == {"queries": 48, "test_queries": 24, "documents": 48, "judged_pairs": 336}
     systems = fig["systems"]
     assert set(systems) >= {"bm25", "bi-encoder", "judge", "teacher", "mid", "student", "student_pruned",
