@@ -149,15 +149,28 @@ def main():
 
     singles = [encode_pairs(tok, contract, [q], [titles[i]], [texts[i]]) for i in range(k)]
 
+    naive_scores: list[float] = []
+
     def naive():
+        naive_scores.clear()
         with torch.no_grad():
             for e in singles:
                 logits = lm32(input_ids=e["input_ids"].to(DEVICE), attention_mask=e["attention_mask"].to(DEVICE)).logits
-                float(logits[0, -1, contract.yes_token_id] - logits[0, -1, contract.no_token_id])
+                naive_scores.append(float(logits[0, -1, contract.yes_token_id] - logits[0, -1, contract.no_token_id]))
 
     lm32 = lm.float()
     t_naive = statistics.median(timed(naive, 2)) / k
     lm.to(torch.bfloat16)
+    # The optimised scorer must score what the naive one does (bf16 against float32: ranks, not digits).
+    from scipy.stats import spearmanr
+
+    prefix, suf = dec.prepare_shared_prefix(tok, contract, q, titles[:k], texts[:k])
+    with torch.inference_mode():
+        opt_scores = dec.score_prepared(model, prefix, suf, contract.pad_token_id, k)
+    diff = max(abs(x - y) for x, y in zip(opt_scores, naive_scores))
+    spread = max(naive_scores) - min(naive_scores)
+    print(f"agreement on {k} pairs: Spearman {spearmanr(opt_scores, naive_scores).statistic:.4f}, "
+          f"max |optimised - naive| {diff:.4f} (naive scores span {spread:.4f})", flush=True)
     t_opt = next(r for r in rows if r[0] == 256)[1] / 1e3 / 256
     print(f"\n256 documents of one query: shared prefix {1 / t_opt:,.0f} items/s, whole prompts batched "
           f"{n / t_whole:,.0f} items/s, naive (one pair per forward, full vocabulary, float32) {1 / t_naive:,.0f} "

@@ -162,3 +162,26 @@ def test_tiny_decoder_learns_to_rank_a_toy_task(tiny):
     chance = np.mean([ndcg_at_10(test, rng.random(len(test)), "target") for _ in range(20)])
     assert np.mean(losses[-10:]) < 0.8 * np.mean(losses[:10])
     assert after > chance + 0.15 and after > before + 0.1, (before, after, chance)
+
+
+def test_gpu_scoring_bench_scores_like_the_naive_way_on_a_cpu_smoke_run():
+    """bench/scoring_gpu.sh is meant for a lent GPU; its CPU smoke mode runs the same code on a tiny Qwen3 so a
+    broken script is caught here, and its optimised (bf16, shared prefix, two-row head) scores must rank the
+    documents as the naive float32 full-vocabulary forward does."""
+    import os
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run(["bash", "bench/scoring_gpu.sh", "--smoke-cpu", "--queries", "2"], cwd=root,
+                          capture_output=True, text=True, timeout=600, env=os.environ | {"PYTHON": sys.executable})
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    m = re.search(r"agreement on (\d+) pairs: Spearman ([\d.]+), max \|optimised - naive\| ([\d.]+) "
+                  r"\(naive scores span ([\d.]+)\)", proc.stdout)
+    assert m, proc.stdout
+    n, rho, diff, span = int(m[1]), float(m[2]), float(m[3]), float(m[4])
+    assert n == 32 and span > 0 and rho > 0.99 and diff < 0.05 * span
+    assert re.search(r"batch +256: p50 latency +[\d.]+ ms +\d+ items/s", proc.stdout)
+    assert re.search(r"optimised / naive = \d+x", proc.stdout)
