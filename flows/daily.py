@@ -106,10 +106,11 @@ def daily_flywheel(cfg: FlywheelConfig = FlywheelConfig(), date: str | None = No
     t = time.perf_counter()
     lineage = {"policy_version": pol["version"], "judge_version": cal["judge_version"],
                "labels": labels["fingerprint"], "date": date, "golden": seed["golden_hash"]}
-    reg = register.register_models(rungs, ev, lineage, cfg, deployable)
-    promo = register.promote(reg, ev, cfg, deployable)
+    reg = register.register_models(rungs, ev, lineage, cfg, deployable, comp_rungs, comp)
+    promo = register.promote(reg, ev, cfg, deployable, comp)
     clock.record("9 register", t, f"{deployable} registered as {cfg.registered_model}; "
-                 + f"{'promoted' if promo['promoted'] else 'kept'} champion v{promo['champion']}")
+                 + f"{'promoted' if promo['promoted'] else 'kept'} champion v{promo['champion']}"
+                 + "".join(f"; {reg[k]['name']} champion v{v['champion']}" for k, v in promo["compressed"].items()))
 
     t = time.perf_counter()
     dep = deploy.deploy(promo, rungs, reg, cfg, keep_serving, deployable)
@@ -117,7 +118,7 @@ def daily_flywheel(cfg: FlywheelConfig = FlywheelConfig(), date: str | None = No
                                 f"{dep.get('max_abs_diff', float('nan')):.1e} over {dep.get('pairs_checked', 0)} pairs")
     summary = {"date": date, "config": cfg.name, "stages": clock.stages, "calibration": cal, "labels": labels,
                "rungs": rungs | curve | (comp_rungs or {}), "engagement": events, "evaluation": ev, "pruning": acc,
-               "compression": comp, "promotion": promo, "deploy": dep,
+               "compression": comp, "registered": reg, "promotion": promo, "deploy": dep,
                "notes": ["The offline judge is a calibrated linear scorer over Gemma 3 270M query likelihood, BM25 "
                          "and MiniLM cosine — not a prompted LLM.",
                          "Parameter counts exclude embedding tables (they cost no compute per token).",

@@ -40,6 +40,17 @@ def doc_embeddings(pairs: pd.DataFrame, paths: Paths) -> np.ndarray:
     return np.asarray([cache.get(h) for h in pairs.doc_hash], dtype="float32").reshape(len(pairs), EMBED_DIM)
 
 
+def embed_documents(titles: list[str], texts: list[str], paths: Paths | None = None) -> np.ndarray:
+    """[n, 384] embeddings of documents given as text (what the scoring service receives), through the cache of
+    :func:`doc_embeddings`: the key is the lake's document version, ``sha256(title, text)``, so a document that
+    training or evaluation already embedded is read back, not recomputed."""
+    from flywheel.settings import get_paths
+
+    pairs = pd.DataFrame({"title": titles, "text": texts})
+    pairs["doc_hash"] = [sha256_text(t, x) for t, x in zip(titles, texts)]
+    return doc_embeddings(pairs, paths or get_paths())
+
+
 def compress_student(parent: dict, form: str, size: int, judge_version: str, cfg: FlywheelConfig, paths: Paths,
                      progress=None) -> dict:
     """Distil a ``form`` ("fields" with a ``size``-token budget, or "soft" with ``size`` soft tokens) version of

@@ -39,8 +39,17 @@ class RankerModel(mlflow.pyfunc.PythonModel):
         from models.ranker import score_pairs
 
         df = model_input
-        return score_pairs(self.model, self.tok, self.contract, df["query"].astype(str).tolist(),
-                           df["title"].astype(str).tolist(), df["text"].astype(str).tolist())
+        titles, texts = df["title"].astype(str).tolist(), df["text"].astype(str).tolist()
+        kw = {}
+        if self.contract.compression == "soft":
+            # soft-token students read the bi-encoder's embedding of each document, not its text
+            from flywheel.compression import EMBEDDER, embed_documents
+
+            if self.contract.embedder != EMBEDDER:
+                raise ValueError(f"this ranker reads {self.contract.embedder} document embeddings; this service "
+                                 f"computes {EMBEDDER} ones")
+            kw["doc_emb"] = embed_documents(titles, texts)
+        return score_pairs(self.model, self.tok, self.contract, df["query"].astype(str).tolist(), titles, texts, **kw)
 
 
 def log_ranker(rung: dict, metrics: dict, lineage: dict, paths: Paths, registered_name: str) -> dict:

@@ -88,7 +88,16 @@ def offline_scorer(checkpoint: str):
     from models.ranker import load_ranker, score_pairs
 
     model, tok, contract = load_ranker(checkpoint)
-    return lambda df: score_pairs(model, tok, contract, df["query"].tolist(), df.title.tolist(), df.text.tolist())
+
+    def score(df: pd.DataFrame) -> list[float]:
+        kw = {}
+        if contract.compression == "soft":
+            from flywheel.compression import embed_documents
+
+            kw["doc_emb"] = embed_documents(df.title.tolist(), df.text.tolist())
+        return score_pairs(model, tok, contract, df["query"].tolist(), df.title.tolist(), df.text.tolist(), **kw)
+
+    return score
 
 
 def deploy_champion(model_name: str, champion_version: str | None, trained_version: str, trained_checkpoint: str,

@@ -9,31 +9,51 @@ from tasks._common import artifact, code_version, content_key, paths
 
 @task(name="register-models", retries=2, retry_delay_seconds=1, cache_key_fn=content_key, persist_result=True)
 def register_models(rungs: dict, evaluation: dict, lineage: dict, cfg: FlywheelConfig,
-                    deployable: str = "student_pruned") -> dict:
+                    deployable: str = "student_pruned", compressed: dict | None = None,
+                    compression: dict | None = None) -> dict:
+    """Every rung under ``<registered_model>-<rung>``, the deployable one (the pruned student when accepted) under
+    ``<registered_model>`` itself as its ``challenger``; compressed students (``compressed``, measured in
+    ``compression``) under ``<registered_model>-<form><size>``, each its own ``challenger``."""
+    lineage = lineage | {"code_version": code_version()}
     out = {}
     for name, rung in rungs.items():
-        # The deployable model (the pruned student when accepted) goes under the main name; every rung is also
-        # kept under its own name.
         registered = cfg.registered_model if name == deployable else f"{cfg.registered_model}-{name}"
         metrics = {"ndcg@10": evaluation["systems"][name]["ndcg@10"],
                    "items_per_s": evaluation["systems"][name].get("items_per_s")}
-        out[name] = lib.log_ranker(rung, metrics, lineage | {"code_version": code_version(),
-                                                            "parent": rung.get("parent", "judge-labels")},
+        out[name] = lib.log_ranker(rung, metrics, lineage | {"parent": rung.get("parent", "judge-labels")},
                                    paths(), registered)
     lib.set_alias(cfg.registered_model, "challenger", out[deployable]["version"], paths())
+    for name, rung in (compressed or {}).items():
+        m = compression["systems"][name]
+        out[name] = lib.log_ranker(rung, {"ndcg@10": m["ndcg@10"], "items_per_s": m.get("items_per_s"),
+                                          "doc_tokens": m.get("doc_tokens"),
+                                          "doc_tokens_ratio": m.get("doc_tokens_ratio")},
+                                   lineage | {"parent": rung["parent"], "compression": rung["compression"]},
+                                   paths(), f"{cfg.registered_model}-{name}")
+        lib.set_alias(out[name]["name"], "challenger", out[name]["version"], paths())
     return out
 
 
 @task(name="promote", retries=2, retry_delay_seconds=1)
-def promote(registered: dict, evaluation: dict, cfg: FlywheelConfig, deployable: str = "student_pruned") -> dict:
-    """Not cached: the decision depends on the registry's current champion."""
+def promote(registered: dict, evaluation: dict, cfg: FlywheelConfig, deployable: str = "student_pruned",
+            compression: dict | None = None) -> dict:
+    """Not cached: the decision depends on the registry's current champion. Compressed students pass the same
+    gate (against the teacher and their own name's champion), so each can be served by alias."""
     systems = evaluation["systems"]
+    teacher = systems["teacher"]["ndcg@10"]
     out = lib.promote_challenger(cfg.registered_model, registered[deployable]["version"],
-                                 systems[deployable]["ndcg@10"], systems["teacher"]["ndcg@10"],
-                                 cfg.promotion, paths())
-    artifact("promotion", f"**{cfg.registered_model}** challenger v{out['challenger']}: "
+                                 systems[deployable]["ndcg@10"], teacher, cfg.promotion, paths())
+    lines = [f"**{cfg.registered_model}** challenger v{out['challenger']}: "
              f"{'promoted' if out['promoted'] else 'not promoted'} — {out['reason']}. "
-             f"Champion is v{out['champion'] or 'none'}.")
+             f"Champion is v{out['champion'] or 'none'}."]
+    out["compressed"] = {}
+    for name, m in ((compression or {}).get("systems") or {}).items():
+        reg = registered[name]
+        c = out["compressed"][name] = lib.promote_challenger(reg["name"], reg["version"], m["ndcg@10"], teacher,
+                                                             cfg.promotion, paths())
+        lines.append(f"**{reg['name']}** v{c['challenger']}: {'promoted' if c['promoted'] else 'not promoted'} — "
+                     f"{c['reason']}. Champion is v{c['champion'] or 'none'}.")
+    artifact("promotion", "\n\n".join(lines))
     return out
 
 

@@ -108,6 +108,28 @@ def test_crash_in_a_late_stage_resumes_from_cache_and_warm_rerun_redoes_nothing(
     assert dep["pairs_checked"] > 10 and dep["max_abs_diff"] <= 1e-4
     champion = alias_version(cfg.registered_model, "champion", paths())
     assert champion is not None and summary["promotion"]["champion"] == str(champion.version)
+    # Compressed students are registered under names of their own and served by alias like any ranker; the
+    # soft-token one embeds the request's documents itself and scores them as evaluation did.
+    import mlflow.pyfunc
+    import numpy as np
+
+    from flywheel.compression import doc_embeddings
+    from flywheel.golden import load_golden
+    from models.ranker import load_ranker, score_pairs
+
+    test = load_golden(cfg.resolve(cfg.golden)).pairs("test")
+    sample = test[test.query_id.isin(sorted(test.query_id.unique())[:4])].reset_index(drop=True)
+    for name in comp["systems"]:
+        reg = summary["registered"][name]
+        assert reg["name"] == f"{cfg.registered_model}-{name}"
+        assert str(alias_version(reg["name"], "challenger", paths()).version) == reg["version"]
+        m, tok, c = load_ranker(summary["rungs"][name]["path"])
+        kw = {"doc_emb": doc_embeddings(sample, paths())} if c.compression == "soft" else {}
+        offline = score_pairs(m, tok, c, sample["query"].tolist(), sample.title.tolist(), sample.text.tolist(), **kw)
+        served = mlflow.pyfunc.load_model(f"models:/{reg['name']}@challenger").predict(
+            sample[["query", "title", "text"]].iloc[::-1])[::-1]           # batch composition changed too
+        assert np.abs(np.asarray(served) - np.asarray(offline)).max() <= 1e-4, name
+        assert summary["promotion"]["compressed"][name]["challenger"] == reg["version"]
 
     calls.clear()
     again = daily_flywheel(cfg, DATE)

@@ -50,3 +50,44 @@ def test_registered_model_scores_like_the_checkpoint(rung):
     m, t, c = load_ranker(rung["path"])
     assert list(loaded.predict(df)) == pytest.approx(score_pairs(m, t, c, df["query"].tolist(), df.title.tolist(),
                                                                  df.text.tolist()), abs=1e-5)
+
+
+def test_registered_soft_token_ranker_embeds_served_documents_like_training(tmp_path):
+    """A soft-token student gets only text over HTTP: the registered model embeds each document with the
+    bi-encoder, through the per-version cache training filled, and scores as training did."""
+    import mlflow.pyfunc
+    import numpy as np
+    import pandas as pd
+    import torch
+
+    from flywheel.compression import EMBED_DIM, EMBEDDER, doc_embeddings
+    from flywheel.lake import sha256_text
+    from models.compress import SoftTokenRanker
+    from models.cross_encoder import build_cross_encoder
+    from models.ranker import ScoringContract, count_params, load_ranker, save_ranker, score_pairs
+
+    torch.manual_seed(0)
+    base, tok = build_cross_encoder([0])
+    model = SoftTokenRanker(base, EMBED_DIM, 2)
+    torch.nn.init.normal_(model.proj.weight, std=0.05)       # documents must matter to the scores
+    contract = ScoringContract(max_length=32, compression="soft", soft_tokens=2, embedder=EMBEDDER, embed_dim=EMBED_DIM)
+    path = save_ranker(model, tok, contract, tmp_path / "soft")
+    rung = {"rung": "compressed_soft2", "path": str(path), "model_version": "soft", "layers": 1,
+            "params_non_embedding": count_params(model)}
+    paths = get_paths()
+    info = log_ranker(rung, {"ndcg@10": 0.8}, {}, paths, "test-registry-soft")
+    df = pd.DataFrame({"query": ["crime"] * 3 + ["budget"], "title": ["Crime", "Parks", "Crime map", "City budget"],
+                       "text": ["incidents by area", "park list", "", "spending by department"]})
+    # what training and evaluation read: embeddings cached by document version
+    pairs = df.assign(doc_hash=[sha256_text(t, x) for t, x in zip(df.title, df.text)])
+    m, t, c = load_ranker(path)
+    offline = score_pairs(m, t, c, df["query"].tolist(), df.title.tolist(), df.text.tolist(),
+                          doc_emb=doc_embeddings(pairs, paths))
+    assert np.ptp(offline[:3]) > 1e-3                           # the documents change the scores
+    served = mlflow.pyfunc.load_model(f"models:/test-registry-soft/{info['version']}").predict(df)
+    assert list(served) == pytest.approx(offline, abs=1e-5)
+    # a document never seen before is embedded on request and scored the same alone as in a batch
+    new = pd.DataFrame({"query": ["crime"], "title": ["Arrests 2026"], "text": ["new document"]})
+    loaded = mlflow.pyfunc.load_model(f"models:/test-registry-soft/{info['version']}")
+    both = loaded.predict(pd.concat([df, new], ignore_index=True))
+    assert list(loaded.predict(new)) == pytest.approx([both[-1]], abs=1e-5)
