@@ -9,7 +9,6 @@ version and are read back, not recomputed, when the same teacher version is aske
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import time
@@ -381,9 +380,3 @@ def accept_pruned(student: dict, pruned: dict, min_ratio: float = 0.98) -> dict:
            f"(needs > 1x)")
     return {"accepted": bool(ok), "deployable": "student_pruned" if ok else "student", "ndcg_ratio": round(ratio, 4),
             "speedup": round(speedup, 3), "reason": ("accepted: " if ok else "rejected: ") + why}
-
-
-def write_manifest(rungs: dict, paths: Paths) -> Path:
-    p = paths.models / "ladder" / "latest.json"
-    p.write_text(json.dumps(rungs, indent=2))
-    return p
