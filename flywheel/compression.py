@@ -10,8 +10,10 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -25,13 +27,21 @@ EMBEDDER = "all-MiniLM-L6-v2"   # the bi-encoder of flywheel.retrieval
 EMBED_DIM = 384
 
 
+@functools.lru_cache(maxsize=4)
+def _doc_cache(path: Path):
+    """One cache object per folder and process: opening it reads every part, which a service must not redo on
+    each request. Entries another process adds later are recomputed here, once, if asked for."""
+    from flywheel.features import UprCache
+
+    return UprCache(path)
+
+
 def doc_embeddings(pairs: pd.DataFrame, paths: Paths) -> np.ndarray:
     """[n, 384] L2-normalised bi-encoder embeddings of ``pairs``' documents (doc_hash, title, text), computed once
     per document version and cached."""
-    from flywheel.features import UprCache
     from flywheel.retrieval import doc_text, encode
 
-    cache = UprCache(paths.models / "doc_cache" / f"{EMBEDDER}-v1")
+    cache = _doc_cache(paths.models / "doc_cache" / f"{EMBEDDER}-v1")
     todo = pairs.drop_duplicates("doc_hash")
     todo = todo[[cache.get(h) is None for h in todo.doc_hash]]
     if len(todo):
@@ -49,6 +59,17 @@ def embed_documents(titles: list[str], texts: list[str], paths: Paths | None = N
     pairs = pd.DataFrame({"title": titles, "text": texts})
     pairs["doc_hash"] = [sha256_text(t, x) for t, x in zip(titles, texts)]
     return doc_embeddings(pairs, paths or get_paths())
+
+
+def document_inputs(contract, titles: list[str], texts: list[str]) -> dict:
+    """Extra inputs of ``models.ranker.score_pairs`` for documents sent as text: a soft-token ranker's document
+    embeddings (:func:`embed_documents`), nothing for other rankers."""
+    if contract.compression != "soft":
+        return {}
+    if contract.embedder != EMBEDDER:
+        raise ValueError(f"this ranker reads {contract.embedder} document embeddings; this project computes "
+                         f"{EMBEDDER} ones")
+    return {"doc_emb": embed_documents(titles, texts)}
 
 
 def compress_student(parent: dict, form: str, size: int, judge_version: str, cfg: FlywheelConfig, paths: Paths,

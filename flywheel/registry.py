@@ -40,16 +40,10 @@ class RankerModel(mlflow.pyfunc.PythonModel):
 
         df = model_input
         titles, texts = df["title"].astype(str).tolist(), df["text"].astype(str).tolist()
-        kw = {}
-        if self.contract.compression == "soft":
-            # soft-token students read the bi-encoder's embedding of each document, not its text
-            from flywheel.compression import EMBEDDER, embed_documents
+        from flywheel.compression import document_inputs
 
-            if self.contract.embedder != EMBEDDER:
-                raise ValueError(f"this ranker reads {self.contract.embedder} document embeddings; this service "
-                                 f"computes {EMBEDDER} ones")
-            kw["doc_emb"] = embed_documents(titles, texts)
-        return score_pairs(self.model, self.tok, self.contract, df["query"].astype(str).tolist(), titles, texts, **kw)
+        return score_pairs(self.model, self.tok, self.contract, df["query"].astype(str).tolist(), titles, texts,
+                           **document_inputs(self.contract, titles, texts))
 
 
 def log_ranker(rung: dict, metrics: dict, lineage: dict, paths: Paths, registered_name: str) -> dict:

@@ -90,12 +90,11 @@ def offline_scorer(checkpoint: str):
     model, tok, contract = load_ranker(checkpoint)
 
     def score(df: pd.DataFrame) -> list[float]:
-        kw = {}
-        if contract.compression == "soft":
-            from flywheel.compression import embed_documents
+        from flywheel.compression import document_inputs
 
-            kw["doc_emb"] = embed_documents(df.title.tolist(), df.text.tolist())
-        return score_pairs(model, tok, contract, df["query"].tolist(), df.title.tolist(), df.text.tolist(), **kw)
+        titles, texts = df.title.tolist(), df.text.tolist()
+        return score_pairs(model, tok, contract, df["query"].tolist(), titles, texts,
+                           **document_inputs(contract, titles, texts))
 
     return score
 
