@@ -21,15 +21,15 @@ def main():
     ap.add_argument("--config", default="configs/demo.yaml")
     a = ap.parse_args()
     paths = configure_environment()
-    from flywheel.calibrate import calibrate
     from flywheel.config import load_config
-    from flywheel.context import lake
-    from flywheel.ingest import seed_golden
+    from flywheel.data.golden import seed_golden
+    from flywheel.data.lake import open_lake as lake
+    from flywheel.judge.calibrate import calibrate
 
     cfg = load_config(a.config)
     seed_golden(cfg.resolve(cfg.golden), lake(paths))
     s = calibrate(cfg, paths)
-    from flywheel.report import calibration_text
+    from flywheel.evaluation.report import calibration_text
 
     print(calibration_text(s))
 

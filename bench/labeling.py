@@ -44,8 +44,8 @@ def stats(port: int) -> dict:
 
 
 def label(pairs, port, settings) -> tuple[list, dict, float, float]:
-    from flywheel.online import OnlineLabeller
-    from flywheel.policy import load_policy
+    from flywheel.judge.online import OnlineLabeller
+    from flywheel.judge.policy import load_policy
 
     committed: list = []
     lab = OnlineLabeller(load_policy(ROOT / "policies" / "open_data_search.md"), "stub",
@@ -64,8 +64,8 @@ def main():
     configure_environment()
     import pandas as pd
 
-    from flywheel.golden import load_golden
-    from flywheel.online import OnlineSettings
+    from flywheel.data.golden import load_golden
+    from flywheel.judge.online import OnlineSettings
     from tests.openai_stub import free_port
 
     base = load_golden().pairs()

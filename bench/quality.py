@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 def golden_from_beir(data: Path, out: Path) -> dict:
     """The BEIR directory as a golden set (queries, documents, golden_labels parquet); nothing written on error."""
-    from flywheel.beir import read_beir
+    from flywheel.data.beir import read_beir
 
     tables = read_beir(data)
     out.mkdir(parents=True, exist_ok=True)
@@ -56,14 +56,14 @@ def main(argv=None) -> dict:
     a = ap.parse_args(argv)
 
     if a.avature:
-        from flywheel.avature import to_beir
+        from flywheel.data.avature import to_beir
 
         a.data = ROOT / ".flywheel" / "bench" / "beir" / "avature_job_titles"
         if not (a.data / "corpus.jsonl").exists():
             to_beir(ROOT.parent / "shared" / "datasets" / "avature_job_titles", a.data)
     name = a.data.resolve().name
     from flywheel.config import load_config
-    from flywheel.policy import load_policy
+    from flywheel.judge.policy import load_policy
 
     load_policy(a.policy)            # a bad policy fails here, before any work
     cfg = load_config(a.config)

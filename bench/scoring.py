@@ -51,7 +51,7 @@ def build_model(name: str, paths):
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     from models import decoder as dec
-    from models.ranker import decoder_contract
+    from models.decoder import decoder_contract
 
     if name == "gemma3-270m":
         from models.upr import gemma_checkpoint
@@ -59,7 +59,7 @@ def build_model(name: str, paths):
         lm, tok = dec.load_causal_lm(gemma_checkpoint(paths.models))
         contract = decoder_contract(tok, max_length=160, bos=True)
     else:
-        from flywheel.golden import load_golden
+        from flywheel.data.golden import load_golden
 
         g = load_golden()
         tok = dec.train_bpe_tokenizer((g.documents.title + ". " + g.documents.text).tolist() + g.queries.text.tolist())
@@ -114,7 +114,7 @@ def main():
     from rich.console import Console
     from rich.table import Table
 
-    from flywheel.golden import load_golden
+    from flywheel.data.golden import load_golden
     from models.ranker import count_params, score_pairs, score_pairs_naive
 
     console = Console()

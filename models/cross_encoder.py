@@ -14,6 +14,7 @@ from torch import nn
 from transformers import BertModel, BertPreTrainedModel
 from transformers.modeling_outputs import SequenceClassifierOutput
 
+from models.contract import check_layers, doc_strings, placeholder_id
 
 
 class BertMeanPoolRanker(BertPreTrainedModel):
@@ -33,6 +34,15 @@ class BertMeanPoolRanker(BertPreTrainedModel):
         cos = torch.nn.functional.cosine_similarity(q, d, dim=-1)                 # [B]
         logit = self.sim_scale * cos + self.score(_pool(h, m))[:, 0]             # [B]
         return SequenceClassifierOutput(logits=logit[:, None])                    # [B, 1]
+
+    def blocks(self) -> nn.ModuleList:
+        return self.bert.encoder.layer
+
+    def keep_layers(self, layers: list[int]) -> None:
+        """Keep only the given encoder layers, in order; the config stays loadable."""
+        check_layers(layers, len(self.blocks()))
+        self.bert.encoder.layer = nn.ModuleList([self.blocks()[i] for i in layers])
+        self.config.num_hidden_layers = len(layers)
 
 
 def _ranker_class():
@@ -66,14 +76,8 @@ def build_cross_encoder(layers: list[int] | None = None, base: str | None = None
         model.score.bias.fill_(-5.0)
         model.sim_scale.fill_(10.0)
     if layers is not None:
-        keep_layers(model, layers)
+        model.keep_layers(layers)
     return model, AutoTokenizer.from_pretrained(base)
-
-
-def keep_layers(model, layers: list[int]) -> None:
-    from models.prune import keep_layers as keep
-
-    keep(model, layers)
 
 
 def count_params(model, non_embedding: bool = True) -> int:
@@ -88,14 +92,10 @@ def encode_pairs(tokenizer, contract, queries: list[str], titles: list[str], tex
     """[CLS] query [SEP] document [SEP]; the document's tail is cut to fit ``max_length``. With soft-token
     compression the document is ``soft_tokens`` [MASK] slots (the query is cut instead) and ``soft_mask`` marks
     them."""
-    from models.ranker import doc_strings
-
     soft = contract.compression == "soft"
     docs = doc_strings(tokenizer, contract, titles, texts)
     enc = tokenizer(queries, docs, truncation="only_first" if soft else "only_second",
                     max_length=contract.max_length, padding=True, return_tensors="pt")
     if soft:
-        from models.compress import placeholder_id
-
         enc["soft_mask"] = (enc["input_ids"] == placeholder_id(tokenizer, "encoder")) & (enc["token_type_ids"] == 1)
     return enc

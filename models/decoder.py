@@ -21,6 +21,8 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput
 
+from models.contract import ScoringContract, check_layers, doc_strings, placeholder_id
+
 INSTRUCTION = ('Judge whether the document meets the needs of the search query. Answer only "yes" or "no".')
 PREFIX = "{instruction}\nQuery: {query}\nDocument: "
 CUE = "\nRelevant:"
@@ -57,6 +59,23 @@ class DecoderRanker(nn.Module):
     def save_pretrained(self, path, **kw):
         self.lm.save_pretrained(path, **kw)
 
+    def blocks(self) -> nn.ModuleList:
+        return self.lm.get_decoder().layers
+
+    def keep_layers(self, layers: list[int]) -> None:
+        """Keep only the given layers, in order; the per-layer attention types are cut to match and each
+        attention's cache slot is renumbered, so the config stays loadable."""
+        check_layers(layers, len(self.blocks()))
+        kept = nn.ModuleList([self.blocks()[i] for i in layers])
+        self.lm.get_decoder().layers = kept
+        cfg = self.lm.config
+        if getattr(cfg, "layer_types", None):
+            cfg.layer_types = [cfg.layer_types[i] for i in layers]
+        for new_idx, block in enumerate(kept):
+            if hasattr(block, "self_attn"):
+                block.self_attn.layer_idx = new_idx
+        cfg.num_hidden_layers = len(layers)
+
 
 def yes_no_ids(tokenizer) -> tuple[int, int]:
     """The token ids of " yes" and " no" (the last token of each, as a model would write them after the cue)."""
@@ -71,6 +90,15 @@ def yes_no_ids(tokenizer) -> tuple[int, int]:
     return ids[0], ids[1]
 
 
+def decoder_contract(tokenizer, max_length: int = 128, bos: bool = False, **kw) -> ScoringContract:
+    """The contract of a decoder ranker built on ``tokenizer``: the instruction, the yes/no token ids, padding."""
+    yes, no = yes_no_ids(tokenizer)
+    return ScoringContract(family="decoder", score="logit_yes_minus_no", instruction=INSTRUCTION,
+                           max_length=max_length, yes_token_id=yes, no_token_id=no,
+                           bos_token_id=tokenizer.bos_token_id if bos else None,
+                           pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0, **kw)
+
+
 def segments(tokenizer, contract, query: str, doc: str) -> tuple[list[int], list[int]]:
     """(prefix ids, document + cue ids) for one pair, truncated as the contract says: the query to
     ``max_query_tokens``, the document's tail so the whole prompt fits ``max_length``."""
@@ -81,8 +109,6 @@ def segments(tokenizer, contract, query: str, doc: str) -> tuple[list[int], list
         prefix = [contract.bos_token_id] + prefix
     cue = tokenizer(CUE, add_special_tokens=False)["input_ids"]
     if contract.compression == "soft":         # the document is soft_tokens slots, filled from its embedding
-        from models.compress import placeholder_id
-
         return prefix, [placeholder_id(tokenizer, "decoder")] * contract.soft_tokens + cue
     room = max(1, contract.max_length - len(prefix) - len(cue))
     d = tokenizer(doc, add_special_tokens=False)["input_ids"][:room]
@@ -91,8 +117,6 @@ def segments(tokenizer, contract, query: str, doc: str) -> tuple[list[int], list
 
 def encode_pairs(tokenizer, contract, queries: list[str], titles: list[str], texts: list[str]) -> dict:
     """Right-padded batch: input_ids, attention_mask [B, T] and last_index [B] (the cue's last token)."""
-    from models.ranker import doc_strings
-
     seqs, starts = [], []
     for q, d in zip(queries, doc_strings(tokenizer, contract, titles, texts)):
         p, s = segments(tokenizer, contract, q, d)
@@ -118,8 +142,6 @@ def prepare_shared_prefix(tokenizer, contract, query: str, titles: list[str], te
                           ) -> tuple[list[int], list[list[int]]]:
     """(prefix ids, per-document suffix ids) of one query's pairs: the tokenisation half of the shared-prefix
     scorer (a service can cache the documents' suffixes per document version)."""
-    from models.ranker import doc_strings
-
     parts = [segments(tokenizer, contract, query, d) for d in doc_strings(tokenizer, contract, titles, texts)]
     return parts[0][0], [p[1] for p in parts]
 

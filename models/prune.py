@@ -10,18 +10,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from models.decoder import DecoderRanker
 from models.ranker import encode_pairs
 
 
 def _blocks(model) -> nn.ModuleList:
-    from models.decoder import DecoderRanker
-
-    return model.lm.get_decoder().layers if isinstance(model, DecoderRanker) else model.bert.encoder.layer
+    return model.blocks()
 
 
 def _hidden_states(model, enc):
-    from models.decoder import DecoderRanker
-
     if isinstance(model, DecoderRanker):
         return model.lm.get_decoder()(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
                                       output_hidden_states=True).hidden_states
@@ -46,26 +43,9 @@ def block_influence(model, tokenizer, contract, queries, titles, texts, batch_si
 
 
 def keep_layers(model, layers: list[int]) -> None:
-    """Keep only the given layers, in order (whole-layer structured pruning); the config stays loadable. For
-    decoders the per-layer attention types are cut to match and each attention's cache slot is renumbered."""
-    from models.decoder import DecoderRanker
-
-    blocks = _blocks(model)
-    if not layers or max(layers) >= len(blocks) or min(layers) < 0:
-        raise ValueError(f"layers {layers} out of range for a {len(blocks)}-layer model")
-    kept = nn.ModuleList([blocks[i] for i in layers])
-    if isinstance(model, DecoderRanker):
-        model.lm.get_decoder().layers = kept
-        cfg = model.lm.config
-        if getattr(cfg, "layer_types", None):
-            cfg.layer_types = [cfg.layer_types[i] for i in layers]
-        for new_idx, block in enumerate(kept):
-            if hasattr(block, "self_attn"):
-                block.self_attn.layer_idx = new_idx
-        cfg.num_hidden_layers = len(layers)
-    else:
-        model.bert.encoder.layer = kept
-        model.config.num_hidden_layers = len(layers)
+    """Keep only the given layers, in order (whole-layer structured pruning); the config stays loadable. Each
+    family knows how (``keep_layers`` of :class:`~models.decoder.DecoderRanker` / the cross-encoder)."""
+    model.keep_layers(layers)
 
 
 def prune_layers(model, influence: list[float], drop: int) -> list[int]:
@@ -92,8 +72,6 @@ def width_importance(model, tokenizer, contract, queries, titles, texts, batch_s
     """Activation importance per layer (Minitron, Muralidharan et al. 2024), over the real tokens of calibration
     pairs: each MLP neuron's mean |activation| (the input of the down projection) and, for decoders, each
     key/value group's mean L2 norm of its query heads' attention outputs (the input of the output projection)."""
-    from models.decoder import DecoderRanker
-
     decoder = isinstance(model, DecoderRanker)
     blocks = _blocks(model)
     sums = [{"neurons": None, "groups": None} for _ in blocks]
@@ -159,8 +137,6 @@ def prune_width(model, importance: list[dict], mlp_keep: float = 1.0, kv_groups_
     important ``kv_groups_keep`` share of its key/value groups (with all their query heads, so grouped-query
     attention stays consistent). Every layer keeps the same counts, so the config describes the model and it
     loads with plain ``from_pretrained``."""
-    from models.decoder import DecoderRanker
-
     decoder = isinstance(model, DecoderRanker)
     cfg = model.config
     blocks = _blocks(model)

@@ -10,79 +10,17 @@ token from two rows of the output projection).
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
-CONTRACT_FILE = "scoring_contract.json"
-
-
-@dataclass(frozen=True)
-class ScoringContract:
-    family: str = "encoder"               # "encoder" | "decoder"
-    template: str = "{title}. {text}"     # the document as the model reads it
-    max_length: int = 128                 # tokens of the whole input; the document's tail is cut first
-    score: str = "logit"                  # encoder: the single logit; decoder: "logit_yes_minus_no"
-    # decoder family only
-    instruction: str = ""
-    max_query_tokens: int = 32
-    yes_token_id: int | None = None
-    no_token_id: int | None = None
-    bos_token_id: int | None = None
-    pad_token_id: int = 0
-    # context compression (models.compress): "none", "fields" (the policy's fields, in order, cut to doc_budget
-    # tokens) or "soft" (soft_tokens vectors projected from the embedder's document embedding replace the text)
-    compression: str = "none"
-    doc_fields: tuple = ("title", "text")
-    doc_budget: int = 0
-    soft_tokens: int = 0
-    embedder: str = ""
-    embed_dim: int = 0
-    dtype: str = "float32"                # the dtype the model scores in: bfloat16 (half the memory traffic) or
-                                          # int8 (CPU: linear layers dynamically quantized at load)
-
-    def doc_text(self, title: str, text: str) -> str:
-        return self.template.format(title=title, text=text)
-
-    @classmethod
-    def from_json(cls, text: str) -> "ScoringContract":
-        data = json.loads(text)
-        unknown = set(data) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"scoring contract has unknown field(s) {sorted(unknown)}: written by a newer version?")
-        if "doc_fields" in data:
-            data["doc_fields"] = tuple(data["doc_fields"])
-        return cls(**data)
-
-
-def decoder_contract(tokenizer, max_length: int = 128, bos: bool = False, **kw) -> ScoringContract:
-    from models.decoder import INSTRUCTION, yes_no_ids
-
-    yes, no = yes_no_ids(tokenizer)
-    return ScoringContract(family="decoder", score="logit_yes_minus_no", instruction=INSTRUCTION,
-                           max_length=max_length, yes_token_id=yes, no_token_id=no,
-                           bos_token_id=tokenizer.bos_token_id if bos else None,
-                           pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0, **kw)
-
-
-def doc_strings(tokenizer, contract: ScoringContract, titles: list[str], texts: list[str]) -> list[str]:
-    """The documents as the ranker reads them: the template, or their compressed form (``fields``); with
-    ``soft`` compression the text is not read at all (empty strings; the encoders put the slots in)."""
-    if contract.compression == "soft":
-        from models.compress import placeholder_id
-
-        slot = tokenizer.convert_ids_to_tokens(placeholder_id(tokenizer, contract.family))
-        return [" ".join([slot] * contract.soft_tokens)] * len(titles)
-    if contract.compression == "fields":
-        from models.compress import compress_fields
-
-        return [compress_fields(tokenizer, [{"title": t, "text": x}[f] for f in contract.doc_fields],
-                                contract.doc_budget) for t, x in zip(titles, texts)]
-    if contract.compression != "none":
-        raise ValueError(f"unknown compression {contract.compression!r} in the scoring contract (none, fields, soft)")
-    return [contract.doc_text(t, x) for t, x in zip(titles, texts)]
+from models import cross_encoder, decoder
+from models.compress import SoftTokenRanker
+from models.contract import CONTRACT_FILE, ScoringContract, doc_strings, load_contract
+from models.cross_encoder import BertMeanPoolRanker
+from models.decoder import DecoderRanker
 
 
 def save_ranker(model, tokenizer, contract: ScoringContract, path: str | Path) -> Path:
@@ -91,13 +29,6 @@ def save_ranker(model, tokenizer, contract: ScoringContract, path: str | Path) -
     tokenizer.save_pretrained(path)
     (path / CONTRACT_FILE).write_text(json.dumps(asdict(contract), indent=2))
     return path
-
-
-def load_contract(path: str | Path) -> ScoringContract:
-    path = Path(path)
-    if not (path / CONTRACT_FILE).exists():
-        raise FileNotFoundError(f"{path} has no {CONTRACT_FILE}: a ranker must ship its scoring contract")
-    return ScoringContract.from_json((path / CONTRACT_FILE).read_text())
 
 
 def load_ranker(path: str | Path):
@@ -109,19 +40,13 @@ def load_ranker(path: str | Path):
     if contract.family == "decoder":
         from transformers import AutoModelForCausalLM
 
-        from models.decoder import DecoderRanker
-
         lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
         model = DecoderRanker(lm, contract.yes_token_id, contract.no_token_id).eval()
     elif contract.family == "encoder":
-        from models.cross_encoder import BertMeanPoolRanker
-
         model = BertMeanPoolRanker.from_pretrained(path).eval()
     else:
         raise ValueError(f"{path}: unknown ranker family {contract.family!r} (encoder or decoder)")
     if contract.compression == "soft":
-        from models.compress import SoftTokenRanker
-
         model = SoftTokenRanker(model, contract.embed_dim, contract.soft_tokens).load_projection(path).eval()
     if contract.dtype == "bfloat16":
         model = model.to(torch.bfloat16)
@@ -150,11 +75,8 @@ def quantize_int8(model):
 
 
 def encode_pairs(tokenizer, contract: ScoringContract, queries: list[str], titles: list[str], texts: list[str]) -> dict:
-    if contract.family == "decoder":
-        from models.decoder import encode_pairs as enc
-    else:
-        from models.cross_encoder import encode_pairs as enc
-    return enc(tokenizer, contract, queries, titles, texts)
+    family = decoder if contract.family == "decoder" else cross_encoder
+    return family.encode_pairs(tokenizer, contract, queries, titles, texts)
 
 
 def count_params(model, non_embedding: bool = True) -> int:
@@ -168,17 +90,11 @@ def count_params(model, non_embedding: bool = True) -> int:
 
 
 def count_params_float(model, non_embedding: bool = True) -> int:
-    from models.compress import SoftTokenRanker
-    from models.decoder import DecoderRanker
-
     if isinstance(model, SoftTokenRanker):
         return count_params_float(model.base, non_embedding) + sum(p.numel() for p in model.proj.parameters())
 
-    if isinstance(model, DecoderRanker):
-        from models.decoder import count_params as cp
-    else:
-        from models.cross_encoder import count_params as cp
-    return cp(model, non_embedding)
+    family = decoder if isinstance(model, DecoderRanker) else cross_encoder
+    return family.count_params(model, non_embedding)
 
 
 @torch.inference_mode()
@@ -194,14 +110,12 @@ def score_pairs(model, tokenizer, contract: ScoringContract, queries: list[str],
         raise ValueError(f"this ranker reads documents as {contract.soft_tokens} soft tokens: pass doc_emb, one "
                          f"{contract.embedder} embedding per pair")
     if contract.family == "decoder" and shared_prefix and not soft:
-        from models.decoder import score_query_shared_prefix
-
         out = [0.0] * len(queries)
         by_query: dict[str, list[int]] = {}
         for i, q in enumerate(queries):
             by_query.setdefault(q, []).append(i)
         for q, idx in by_query.items():
-            vals = score_query_shared_prefix(model, tokenizer, contract, q, [titles[i] for i in idx],
+            vals = decoder.score_query_shared_prefix(model, tokenizer, contract, q, [titles[i] for i in idx],
                                              [texts[i] for i in idx], batch_size)
             for i, v in zip(idx, vals):
                 out[i] = v
@@ -229,8 +143,6 @@ def short_input_attention(model, length: int) -> None:
     """Encoders in bfloat16 on a CPU run batches padded to at most ``SHORT_INPUT_TOKENS`` tokens (compressed
     documents) faster with plain matmul attention than with SDPA's fused kernel (measured here: +20% items/s at 8
     tokens, even at 16, SDPA ahead from 24 and in float32); every other batch keeps SDPA. Same scores either way."""
-    from models.decoder import DecoderRanker
-
     base = getattr(model, "base", model)                       # a SoftTokenRanker's encoder
     if isinstance(base, DecoderRanker) or not hasattr(base, "set_attn_implementation"):
         return
@@ -256,3 +168,23 @@ def score_pairs_naive(model, tokenizer, contract: ScoringContract, queries: list
         else:
             out.append(float(model(**enc).logits[0, 0]))
     return out
+
+
+def input_lengths(tokenizer, contract, queries: list[str], titles: list[str], texts: list[str]
+                  ) -> tuple[list[int], list[int]]:
+    """(document positions, whole-input positions) of each pair as the ranker reads it under ``contract``."""
+    if contract.family == "decoder":
+        cue = len(tokenizer(decoder.CUE, add_special_tokens=False)["input_ids"])
+        doc, total = [], []
+        for q, d in zip(queries, doc_strings(tokenizer, contract, titles, texts)):
+            p, s = decoder.segments(tokenizer, contract, q, d)
+            doc.append(len(s) - cue)
+            total.append(len(p) + len(s))
+        return doc, total
+    doc, total = [], []
+    for s in range(0, len(queries), 256):
+        enc = encode_pairs(tokenizer, contract, queries[s:s + 256], titles[s:s + 256], texts[s:s + 256])
+        m = enc["attention_mask"]
+        total += m.sum(1).tolist()
+        doc += ((enc["token_type_ids"] * m).sum(1) - 1).tolist()     # the document segment less its [SEP]
+    return doc, total

@@ -18,7 +18,7 @@ import torch
 DOC_PROMPT = "Dataset: {doc}\nA user searching an open-data portal for this dataset typed:"
 NULL_PROMPT = "A user searching an open-data portal typed:"
 # Candidate prompt variants (document prompt, null prompt): calibration picks the one that agrees best with the
-# human raters on a development fold and reports it on a held-out fold (flywheel.selection).
+# human raters on a development fold and reports it on a held-out fold (flywheel.judge.selection).
 PROMPTS = {
     "portal": (DOC_PROMPT, NULL_PROMPT),
     "generic": ("Document: {doc}\nSearch query:", "Search query:"),

@@ -2,9 +2,9 @@
 
 from prefect import task
 
-from flywheel import calibrate as lib
-from flywheel import registry
 from flywheel.config import FlywheelConfig
+from flywheel.judge import calibrate as lib
+from flywheel.serving import registry
 from tasks._common import artifact, content_key, markdown_table, paths, progress
 
 

@@ -2,10 +2,10 @@
 
 from prefect import task
 
-from flywheel import report as report_lib
-from flywheel import serving as lib
 from flywheel.config import FlywheelConfig
-from flywheel.golden import load_golden
+from flywheel.data.golden import load_golden
+from flywheel.evaluation import report as report_lib
+from flywheel.serving import service as lib
 from tasks._common import artifact, paths
 
 

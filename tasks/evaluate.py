@@ -2,8 +2,8 @@
 
 from prefect import task
 
-from flywheel import evaluate as lib
 from flywheel.config import FlywheelConfig
+from flywheel.evaluation import evaluate as lib
 from tasks._common import artifact, content_key, markdown_table, paths
 
 
@@ -21,7 +21,7 @@ def evaluate(rungs: dict, judge_version: str, cfg: FlywheelConfig) -> dict:
 @task(name="accept-pruned", retries=1, retry_delay_seconds=1)
 def accept_pruned(evaluation: dict, cfg: FlywheelConfig) -> dict:
     """The deployable student: the pruned one only if its NDCG@10 holds and its measured speed improves."""
-    from flywheel.ladder import accept_pruned as decide
+    from flywheel.training.ladder import accept_pruned as decide
 
     s = evaluation["systems"]
     out = decide(s["student"], s["student_pruned"], cfg.ladder.prune_min_ndcg_ratio)

@@ -2,14 +2,15 @@
 
 from prefect import task
 
-from flywheel import labeling as lib
 from flywheel.config import FlywheelConfig
+from flywheel.labeling import candidates
+from flywheel.labeling import daily as lib
 from tasks._common import artifact, content_key, paths, progress
 
 
 @task(name="retrieve-candidates", retries=2, retry_delay_seconds=1, cache_key_fn=content_key, persist_result=True)
 def retrieve_candidates(date: str, cfg: FlywheelConfig, queries_fp: str, documents_fp: str) -> dict:
-    return lib.retrieve_candidates(date, cfg, paths())
+    return candidates.retrieve_candidates(date, cfg, paths())
 
 
 @task(name="label-candidates", retries=2, retry_delay_seconds=1, cache_key_fn=content_key, persist_result=True)

@@ -2,8 +2,8 @@
 
 from prefect import task
 
-from flywheel import registry as lib
 from flywheel.config import FlywheelConfig
+from flywheel.serving import registry as lib
 from tasks._common import artifact, code_version, content_key, paths
 
 

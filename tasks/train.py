@@ -2,8 +2,8 @@
 
 from prefect import task
 
-from flywheel import ladder as lib
 from flywheel.config import FlywheelConfig
+from flywheel.training import ladder as lib
 from tasks._common import artifact, content_key, paths, progress
 
 
@@ -28,9 +28,9 @@ def engagement_events(date: str, cfg: FlywheelConfig, golden_hash: str) -> dict:
         artifact("engagement", f"**{date}** (SIMULATED click model): {out['impressions']} impressions, "
                  f"{out['clicks']} clicks, {out['applies']} applies; CTR by position {out['ctr_by_position']}")
         return out
-    from flywheel import context
+    from flywheel.data.lake import open_lake
 
-    lk = context.lake(paths())
+    lk = open_lake(paths())
     return {"date": date, "simulated": False, "rows": int(len(lk.read("engagement_events"))),
             "fingerprint": lk.fingerprint("engagement_events")}
 
@@ -52,7 +52,7 @@ def prune_student(student: dict, judge_version: str, cfg: FlywheelConfig, mlp_ke
 
 @task(name="compress-student", retries=1, retry_delay_seconds=1, cache_key_fn=content_key, persist_result=True)
 def compress_student(student: dict, form: str, size: int, judge_version: str, cfg: FlywheelConfig) -> dict:
-    from flywheel import compression
+    from flywheel.training import compression
 
     with progress(f"distil {student['rung']} → {form} compression ({size})", None) as advance:
         return compression.compress_student(student, form, size, judge_version, cfg, paths(), progress=advance)

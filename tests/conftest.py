@@ -31,7 +31,7 @@ def home() -> Path:
 
 @pytest.fixture(scope="session")
 def golden():
-    from flywheel.golden import load_golden
+    from flywheel.data.golden import load_golden
 
     return load_golden()
 

@@ -6,8 +6,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from flywheel.avature import load_avature, to_beir
-from flywheel.beir import read_beir
+from flywheel.data.avature import load_avature, to_beir
+from flywheel.data.beir import read_beir
 
 SOURCE = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "avature_job_titles"
 

@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from flywheel.beir import BeirFormatError, import_beir, read_beir
-from flywheel.lake import Lake
+from flywheel.data.beir import BeirFormatError, import_beir, read_beir
+from flywheel.data.lake import Lake
 
 
 def _write(d, corpus=None, queries=None, qrels=None):

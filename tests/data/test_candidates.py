@@ -4,12 +4,13 @@ than top-k retrieval's, which piles up at the top grades."""
 import numpy as np
 import pytest
 
-from flywheel import labeling
-from flywheel.calibrate import calibrate
 from flywheel.config import load_config
-from flywheel.context import lake, load_judge
-from flywheel.ingest import seed_golden
-from flywheel.policy import load_policy
+from flywheel.data.golden import seed_golden
+from flywheel.data.lake import open_lake as lake
+from flywheel.judge.calibrate import calibrate
+from flywheel.judge.policy import load_policy
+from flywheel.judge.store import load_judge
+from flywheel.labeling.candidates import retrieve_candidates
 from flywheel.settings import configure_environment
 
 
@@ -24,7 +25,7 @@ def setup():
 
 
 def _judged(date, cfg, paths, judge):
-    out = labeling.retrieve_candidates(date, cfg, paths)
+    out = retrieve_candidates(date, cfg, paths)
     lk = lake(paths)
     c = lk.read("candidates", date)
     q = lk.read("queries")[["query_id", "text"]].rename(columns={"text": "query"})
@@ -58,5 +59,5 @@ def test_stratified_candidates_cover_the_grade_scale(setup):
     per_query = strat.groupby("query_id").predicted_grade.apply(lambda g: set(g.dropna().astype(int)))
     assert (per_query.apply(len) >= 2).mean() > 0.95
 
-    again = labeling.retrieve_candidates("2026-04-02", strat_cfg, paths)
+    again = retrieve_candidates("2026-04-02", strat_cfg, paths)
     assert again["fingerprint"] == strat_out["fingerprint"]        # same pool and seed: the same candidates

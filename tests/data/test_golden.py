@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from flywheel.contracts import validate
-from flywheel.golden import GOLDEN_DIR, describe
+from flywheel.data.contracts import validate
+from flywheel.data.golden import GOLDEN_DIR, describe
 
 SOURCE = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "socrata_arcs"
 
@@ -44,7 +44,7 @@ def test_tables_pass_their_contracts(golden):
 
 @pytest.mark.skipif(not SOURCE.exists(), reason="shared/datasets not beside the repository")
 def test_rebuild_from_source_is_identical(tmp_path, golden):
-    from flywheel.golden import build_socrata_golden, load_golden
+    from flywheel.data.golden import build_socrata_golden, load_golden
 
     build_socrata_golden(SOURCE, tmp_path)
     again = load_golden(tmp_path)

@@ -3,8 +3,8 @@ from datetime import datetime, timezone
 import pandas as pd
 import pytest
 
-from flywheel.contracts import ContractError
-from flywheel.lake import Lake
+from flywheel.data.contracts import ContractError
+from flywheel.data.lake import Lake
 
 
 def _labels(n=3, grade=2, version="j1"):

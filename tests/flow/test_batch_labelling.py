@@ -1,12 +1,14 @@
 """Batch mode: submit, record the batch id, poll across runs, ingest, resubmit failed lines — no pair twice."""
 
 
-from flywheel import labeling
 from flywheel.config import load_config
-from flywheel.context import lake
-from flywheel.ingest import seed_golden
-from flywheel.judge import OpenAIJudge
-from flywheel.policy import load_policy
+from flywheel.data.golden import seed_golden
+from flywheel.data.lake import open_lake as lake
+from flywheel.judge.backends import OpenAIJudge
+from flywheel.judge.online import OnlineSettings
+from flywheel.judge.policy import load_policy
+from flywheel.labeling import daily as labeling
+from flywheel.labeling.candidates import retrieve_candidates
 from flywheel.settings import get_paths
 from tests.openai_stub import StubServer
 
@@ -24,9 +26,9 @@ def test_batch_mode_across_runs(tmp_path, monkeypatch):
         cfg = base.model_copy(update={"judge": judge_cfg, "retrieval": base.retrieval.model_copy(
             update={"k_bm25": 2, "k_dense": 2, "n_random": 0})})
         version = OpenAIJudge(load_policy(cfg.resolve(cfg.policy)), "stub", server.base_url,
-                              settings=cfg.judge.online_settings()).version
+                              settings=OnlineSettings.from_config(cfg.judge)).version
         cal = {"judge_version": version, "gate": {"passed": True, "reason": "test"}}
-        labeling.retrieve_candidates(DATE, cfg, paths)
+        retrieve_candidates(DATE, cfg, paths)
         run1 = labeling.label_candidates(DATE, cal, cfg, paths)          # submits
         assert run1["labelled"] == 0 and run1["batch"]["submitted"] == run1["pending"] > 0
         batch_id = run1["batch"]["batch_id"]

@@ -5,10 +5,13 @@ import random
 
 import pytest
 
-from flywheel import calibrate, compression, evaluate, labeling, ladder
 from flywheel.config import load_config
-from flywheel.lake import PRIMARY_KEYS
-from flywheel.schemas import SCHEMAS
+from flywheel.data.lake import PRIMARY_KEYS
+from flywheel.data.schemas import SCHEMAS
+from flywheel.evaluation import evaluate
+from flywheel.judge import calibrate
+from flywheel.labeling import daily as labeling
+from flywheel.training import compression, ladder
 
 pytestmark = pytest.mark.slow
 DATE = "2026-01-05"
@@ -39,7 +42,7 @@ def _count_calls(monkeypatch, module, name, counter):
 
 
 def _assert_no_duplicate_rows(paths):
-    from flywheel.lake import Lake
+    from flywheel.data.lake import Lake
 
     lake = Lake(paths.lake)
     for table in SCHEMAS:
@@ -49,7 +52,7 @@ def _assert_no_duplicate_rows(paths):
 
 def test_gate_blocks_bulk_labelling(prefect_server, cfg, home):
     from flows.daily import daily_flywheel
-    from flywheel.lake import Lake
+    from flywheel.data.lake import Lake
 
     strict = cfg.model_copy(update={"judge": cfg.judge.model_copy(update={"min_qwk": 0.99})})
     with pytest.raises(labeling.GateClosed, match="below the threshold 0.990"):
@@ -59,7 +62,7 @@ def test_gate_blocks_bulk_labelling(prefect_server, cfg, home):
 
 def test_crash_in_a_late_stage_resumes_from_cache_and_warm_rerun_redoes_nothing(prefect_server, cfg, monkeypatch):
     from flows.daily import daily_flywheel
-    from flywheel.registry import alias_version
+    from flywheel.serving.registry import alias_version
     from tasks._common import paths
 
     def broken(*a, **k):
@@ -83,7 +86,7 @@ def test_crash_in_a_late_stage_resumes_from_cache_and_warm_rerun_redoes_nothing(
         assert set((paths().lake / t).rglob("part-*.parquet")) == first_files[t]
     # teacher_scores only gained the deployable student's scores for compression distillation (after the crash)
     assert set((paths().lake / "teacher_scores").rglob("part-*.parquet")) >= first_files["teacher_scores"]
-    ts = __import__("flywheel.lake", fromlist=["Lake"]).Lake(paths().lake).read("teacher_scores")
+    ts = __import__("flywheel.data.lake", fromlist=["Lake"]).Lake(paths().lake).read("teacher_scores")
     assert set(ts.teacher) == {"teacher", "mid", "student", "engagement", summary["pruning"]["deployable"]}
 
     ev = summary["evaluation"]["systems"]
@@ -100,7 +103,7 @@ def test_crash_in_a_late_stage_resumes_from_cache_and_warm_rerun_redoes_nothing(
     acc = summary["pruning"]
     assert acc["deployable"] == ("student_pruned" if acc["ndcg_ratio"] >= 0.98 and acc["speedup"] > 1 else "student")
     # The judge labels carry their lineage.
-    labels = __import__("flywheel.lake", fromlist=["Lake"]).Lake(paths().lake).read("judge_labels", DATE)
+    labels = __import__("flywheel.data.lake", fromlist=["Lake"]).Lake(paths().lake).read("judge_labels", DATE)
     assert labels.policy_hash.nunique() == 1 and labels.judge_version.eq(summary["calibration"]["judge_version"]).all()
     assert (labels.parse_status == "ok").all() and labels.grade.between(0, 3).all()
     # Served champion reproduces offline scores.
@@ -113,8 +116,8 @@ def test_crash_in_a_late_stage_resumes_from_cache_and_warm_rerun_redoes_nothing(
     import mlflow.pyfunc
     import numpy as np
 
-    from flywheel.compression import doc_embeddings
-    from flywheel.golden import load_golden
+    from flywheel.data.golden import load_golden
+    from flywheel.retrieval.embeddings import doc_embeddings
     from models.ranker import load_ranker, score_pairs
 
     test = load_golden(cfg.resolve(cfg.golden)).pairs("test")
@@ -143,7 +146,7 @@ def test_crash_in_a_late_stage_resumes_from_cache_and_warm_rerun_redoes_nothing(
 def test_a_policy_edit_is_picked_up_by_the_next_daily_run(prefect_server, cfg, tmp_path):
     """Recalibration first, then labels of the new judge version; the old version's labels stay."""
     from flows.daily import daily_flywheel
-    from flywheel.lake import Lake
+    from flywheel.data.lake import Lake
     from tasks._common import paths
 
     first = daily_flywheel(cfg, DATE)                     # cached from the test above, or computed

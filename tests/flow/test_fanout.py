@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from flywheel.labeling import shard_of
+from flywheel.labeling.daily import shard_of
 
 ROOT = Path(__file__).resolve().parents[2]
 DATE = "2026-02-11"
@@ -22,17 +22,18 @@ DRIVER = textwrap.dedent("""
     paths = configure_environment()
     from prefect import flow
     from flywheel.config import load_config
-    from flywheel.context import lake
-    from flywheel.ingest import seed_golden
-    from flywheel.calibrate import calibrate
-    from flywheel import labeling
+    from flywheel.data.lake import open_lake as lake
+    from flywheel.data.golden import seed_golden
+    from flywheel.judge.calibrate import calibrate
+    from flywheel.labeling import daily as labeling
+    from flywheel.labeling.candidates import retrieve_candidates
     from flows.daily import label_day, task_runner
 
     date = sys.argv[1]
     cfg = load_config("configs/ci.yaml")
     seed_golden(cfg.resolve(cfg.golden), lake(paths))
     cal = calibrate(cfg, paths)
-    cands = labeling.retrieve_candidates(date, cfg, paths)
+    cands = retrieve_candidates(date, cfg, paths)
 
     seq = labeling.label_candidates(date, cal, cfg, paths)
     lake(paths).read("judge_labels", date).to_parquet(paths.home / "sequential.parquet")
@@ -67,7 +68,7 @@ def test_two_worker_dask_cluster_gives_the_sequential_labels(tmp_path):
     workers = {h.rsplit(":", 1)[1] for h in out["hosts"]}
     assert str(res["driver"]) not in workers and 1 <= len(workers) <= 2
 
-    from flywheel.lake import Lake
+    from flywheel.data.lake import Lake
 
     keys = ["query_id", "doc_id", "doc_hash", "judge_version"]
     same = ["grade", "dimension_scores", "rationale", "parse_status", "policy_hash", "prompt_hash"]

@@ -18,14 +18,15 @@ DRIVER = textwrap.dedent("""
     from flywheel.settings import configure_environment
     paths = configure_environment()
     from flywheel.config import load_config
-    from flywheel.context import lake
-    from flywheel.ingest import seed_golden
-    from flywheel.calibrate import calibrate
-    from flywheel import labeling
+    from flywheel.data.lake import open_lake as lake
+    from flywheel.data.golden import seed_golden
+    from flywheel.judge.calibrate import calibrate
+    from flywheel.labeling import daily as labeling
+    from flywheel.labeling.candidates import retrieve_candidates
     cfg = load_config("configs/ci.yaml")
     seed_golden(cfg.resolve(cfg.golden), lake(paths))
     cal = calibrate(cfg, paths)
-    labeling.retrieve_candidates(sys.argv[1], cfg, paths)
+    retrieve_candidates(sys.argv[1], cfg, paths)
     slow = float(sys.argv[2])
     print("PENDING", len(labeling.pending_pairs(sys.argv[1], cal["judge_version"], paths)), flush=True)
     out = labeling.label_candidates(sys.argv[1], cal, cfg, paths, batch_size=16,
@@ -44,7 +45,7 @@ def _run(home: Path, slow: float, **kw):
 
 
 def _labels(home: Path):
-    from flywheel.lake import Lake
+    from flywheel.data.lake import Lake
 
     return Lake(home / "lake").read("judge_labels", DATE)
 

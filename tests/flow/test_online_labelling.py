@@ -5,13 +5,14 @@ import asyncio
 
 import pytest
 
-from flywheel import labeling
 from flywheel.config import load_config
-from flywheel.context import lake
-from flywheel.ingest import seed_golden
-from flywheel.judge import OpenAIJudge
-from flywheel.online import OnlineLabeller, OnlineSettings
-from flywheel.policy import load_policy
+from flywheel.data.golden import seed_golden
+from flywheel.data.lake import open_lake as lake
+from flywheel.judge.backends import OpenAIJudge
+from flywheel.judge.online import OnlineLabeller, OnlineSettings
+from flywheel.judge.policy import load_policy
+from flywheel.labeling import daily as labeling
+from flywheel.labeling.candidates import retrieve_candidates
 from flywheel.settings import get_paths
 from tests.openai_stub import StubServer
 
@@ -50,9 +51,9 @@ def test_completed_day_costs_zero_requests_and_budget_resumes(tmp_path, monkeypa
         cfg = base.model_copy(update={"judge": judge_cfg, "retrieval": base.retrieval.model_copy(
             update={"k_bm25": 2, "k_dense": 2, "n_random": 0})})
         version = OpenAIJudge(load_policy(cfg.resolve(cfg.policy)), "stub", server.base_url,
-                              settings=cfg.judge.online_settings()).version
+                              settings=OnlineSettings.from_config(cfg.judge)).version
         cal = {"judge_version": version, "gate": {"passed": True, "reason": "test"}}
-        cands = labeling.retrieve_candidates(DATE, cfg, paths)
+        cands = retrieve_candidates(DATE, cfg, paths)
         first = labeling.label_candidates(DATE, cal, cfg, paths, batch_size=8)
         assert first["online"]["stopped"] and "budget" in first["online"]["stopped"]
         assert 0 < first["labelled"] < first["pending"]

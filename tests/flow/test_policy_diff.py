@@ -3,9 +3,9 @@
 from pathlib import Path
 
 from flywheel.config import load_config
-from flywheel.context import lake
-from flywheel.ingest import seed_golden
-from flywheel.policy_diff import policy_impact
+from flywheel.data.golden import seed_golden
+from flywheel.data.lake import open_lake as lake
+from flywheel.judge.policy_diff import policy_impact
 from flywheel.settings import get_paths
 from tests.openai_stub import StubServer
 

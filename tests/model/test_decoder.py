@@ -6,10 +6,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-
-from models.decoder import DecoderRanker, build_tiny_qwen3, encode_pairs, length_buckets, train_bpe_tokenizer
+from models.decoder import (
+    DecoderRanker,
+    build_tiny_qwen3,
+    decoder_contract,
+    encode_pairs,
+    length_buckets,
+    train_bpe_tokenizer,
+)
 from models.prune import block_influence, prune_layers
-from models.ranker import decoder_contract, load_ranker, save_ranker, score_pairs
+from models.ranker import load_ranker, save_ranker, score_pairs
 
 WORDS = ("crime budget school permit water transit housing health parks election salary traffic library fire "
          "police energy museum tax zoning census").split()
@@ -34,7 +40,7 @@ def _toy(n_queries: int, seed: int) -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def tiny():
-    from flywheel.golden import load_golden
+    from flywheel.data.golden import load_golden
 
     g = load_golden()
     texts = (g.documents.title + " " + g.documents.text).tolist()[:400] + g.queries.text.tolist() + WORDS * 20
@@ -142,7 +148,7 @@ def test_depth_pruned_decoder_loads_with_plain_from_pretrained_and_caches_consis
 
 
 def test_tiny_decoder_learns_to_rank_a_toy_task(tiny):
-    from flywheel.evaluation import ndcg_at_10
+    from flywheel.metrics import ndcg_at_10
     from models.decoder import build_tiny_qwen3 as build
     from models.train import TrainConfig, train_ranker
 

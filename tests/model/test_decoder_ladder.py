@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from flywheel import ladder
-from flywheel.context import lake
+from flywheel.data.lake import open_lake as lake
+from flywheel.training import ladder
 from tests.helpers import labelled_day
 
 DATE = "2026-05-01"
@@ -18,8 +18,8 @@ DATE = "2026-05-01"
 def test_decoder_ladder_distils_prunes_registers_and_scores_consistently():
     import mlflow.pyfunc
 
-    from flywheel.evaluate import evaluate_all
-    from flywheel.registry import log_ranker, set_alias
+    from flywheel.evaluation.evaluate import evaluate_all
+    from flywheel.serving.registry import log_ranker, set_alias
     from models.ranker import load_contract, load_ranker, score_pairs
 
     paths, cfg, cal = labelled_day("configs/decoder.yaml", DATE)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
-from flywheel import ladder
-from flywheel.context import lake
+from flywheel.data.lake import open_lake as lake
+from flywheel.training import ladder
 from tests.helpers import labelled_day
 
 DATE = "2026-06-01"
@@ -42,7 +42,7 @@ def test_engagement_weight_pulls_the_student_towards_the_engagement_teacher():
     e = ladder.teacher_scores(eng, jv, paths).teacher_score.to_numpy(dtype=float)
     r = rel.teacher_score.to_numpy(dtype=float)
     target = (e - e.mean()) / e.std() * r.std() + r.mean()
-    from flywheel.engagement import engagement_targets
+    from flywheel.data.engagement import engagement_targets
 
     seen = engagement_targets(lake(paths).read("engagement_events"))
     keys = set(zip(seen.query_id, seen.doc_id))

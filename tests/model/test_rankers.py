@@ -4,17 +4,17 @@ import numpy as np
 import pytest
 import torch
 
-from flywheel.evaluation import ndcg_at_10
+from flywheel.metrics import ndcg_at_10
 from models.cross_encoder import build_cross_encoder
-from models.ranker import ScoringContract, count_params, load_ranker, save_ranker, score_pairs
 from models.prune import block_influence, prune_layers
+from models.ranker import ScoringContract, count_params, load_ranker, save_ranker, score_pairs
 from models.train import TrainConfig, train_ranker
 
 
 @pytest.fixture(scope="module")
 def toy():
     """A toy ranking task from the golden calibration split: learn the human grade."""
-    from flywheel.golden import load_golden
+    from flywheel.data.golden import load_golden
 
     p = load_golden().pairs("calibration")
     p = p[p.query_id.isin(sorted(p.query_id.unique())[:30])].reset_index(drop=True)
@@ -84,7 +84,7 @@ def test_encoder_rung_derives_from_its_parent_by_depth_pruning(tmp_path):
     import torch
 
     from flywheel.config import RungConfig
-    from flywheel.ladder import build_rung
+    from flywheel.training.ladder import build_rung
 
     parent, tok = build_cross_encoder([0, 3, 5], seed=1)
     save_ranker(parent, tok, ScoringContract(max_length=48), tmp_path / "mid")
@@ -99,7 +99,7 @@ def test_encoder_rung_derives_from_its_parent_by_depth_pruning(tmp_path):
 
 def test_frozen_embeddings_stay_put_while_the_layers_learn(tmp_path, toy):
     from flywheel.config import RungConfig
-    from flywheel.ladder import build_rung
+    from flywheel.training.ladder import build_rung
 
     rung = RungConfig(name="student", layers=[0, 1], freeze_embeddings=True)
     model, tok, contract = build_rung(rung, paths=None)

@@ -3,7 +3,7 @@
 import pytest
 
 from flywheel.config import PromotionConfig
-from flywheel.registry import alias_version, log_ranker, promote_challenger, rollback
+from flywheel.serving.registry import alias_version, log_ranker, promote_challenger, rollback
 from flywheel.settings import get_paths
 
 
@@ -60,8 +60,8 @@ def test_registered_soft_token_ranker_embeds_served_documents_like_training(tmp_
     import pandas as pd
     import torch
 
-    from flywheel.compression import EMBED_DIM, EMBEDDER, doc_embeddings
-    from flywheel.lake import sha256_text
+    from flywheel.data.lake import sha256_text
+    from flywheel.retrieval.embeddings import EMBED_DIM, EMBEDDER, doc_embeddings
     from models.compress import SoftTokenRanker
     from models.cross_encoder import build_cross_encoder
     from models.ranker import ScoringContract, count_params, load_ranker, save_ranker, score_pairs
@@ -91,3 +91,29 @@ def test_registered_soft_token_ranker_embeds_served_documents_like_training(tmp_
     loaded = mlflow.pyfunc.load_model(f"models:/test-registry-soft/{info['version']}")
     both = loaded.predict(pd.concat([df, new], ignore_index=True))
     assert list(loaded.predict(new)) == pytest.approx([both[-1]], abs=1e-5)
+
+
+def test_a_model_registered_before_the_stage_packages_still_loads_and_serves(tmp_path):
+    """tests/fixtures/legacy_pyfunc is the MLflow model directory ``mlflow.pyfunc`` wrote with the code before
+    flywheel/ was grouped by stage (its pickle names ``flywheel.registry.RankerModel``), less its 53 MB
+    checkpoint, which is rebuilt here. It must load and score exactly as the checkpoint does."""
+    import shutil
+    from pathlib import Path
+
+    import mlflow.pyfunc
+    import pandas as pd
+
+    from models.cross_encoder import build_cross_encoder
+    from models.ranker import ScoringContract, load_ranker, save_ranker, score_pairs
+
+    legacy = Path(__file__).resolve().parents[1] / "fixtures" / "legacy_pyfunc"
+    assert b"flywheel.registry" in (legacy / "python_model.pkl").read_bytes()
+    model_dir = tmp_path / "model"
+    shutil.copytree(legacy, model_dir)
+    model, tok = build_cross_encoder([0])
+    save_ranker(model, tok, ScoringContract(max_length=32), model_dir / "artifacts" / "ck")
+    served = mlflow.pyfunc.load_model(str(model_dir))
+    df = pd.DataFrame({"query": ["crime", "budget"], "title": ["Crime", "City budget"], "text": ["by area", "spending"]})
+    m, t, c = load_ranker(model_dir / "artifacts" / "ck")
+    assert list(served.predict(df)) == pytest.approx(score_pairs(m, t, c, df["query"].tolist(), df.title.tolist(),
+                                                                 df.text.tolist()), abs=1e-5)

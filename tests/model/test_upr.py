@@ -66,8 +66,8 @@ def test_gemma_rung_trains_saves_and_reloads_with_the_same_scores(home, golden, 
     import numpy as np
 
     from flywheel.config import RungConfig
-    from flywheel.ladder import build_rung
     from flywheel.settings import Paths
+    from flywheel.training.ladder import build_rung
     from models.prune import keep_layers
     from models.ranker import load_ranker, save_ranker, score_pairs
     from models.train import TrainConfig, train_ranker

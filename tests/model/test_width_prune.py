@@ -7,12 +7,13 @@ import copy
 import numpy as np
 import torch
 
+from models.decoder import decoder_contract
 from models.prune import prune_width, width_importance
-from models.ranker import count_params, decoder_contract, load_ranker, save_ranker, score_pairs
+from models.ranker import count_params, load_ranker, save_ranker, score_pairs
 
 
 def _data():
-    from flywheel.golden import load_golden
+    from flywheel.data.golden import load_golden
 
     p = load_golden().pairs("calibration").head(48)
     return p["query"].tolist(), p.title.tolist(), p.text.tolist()
@@ -31,7 +32,7 @@ def _shift(model, pruned, tok, c, data):
 def test_decoder_width_pruning_keeps_gqa_consistent_and_loads(tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from flywheel.golden import load_golden
+    from flywheel.data.golden import load_golden
     from models.decoder import DecoderRanker, build_tiny_qwen3, train_bpe_tokenizer
 
     g = load_golden()

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import cohen_kappa_score
 
-from flywheel.calibration import agreement, apply_cutpoints, bootstrap_ci, calibration_gate, fit_cutpoints
+from flywheel.judge.agreement import agreement, apply_cutpoints, bootstrap_ci, calibration_gate, fit_cutpoints
 
 
 def test_agreement_against_hand_computed_values():
@@ -62,7 +62,7 @@ def test_krippendorff_alpha_with_the_judge_as_one_more_rater():
     # reference: the same data as a raters x units reliability matrix
     matrix = labels.pivot(index="rater_id", columns="doc_id", values="grade").to_numpy(dtype=float)
     ref = krippendorff.alpha(reliability_data=matrix, level_of_measurement="ordinal", value_domain=[0, 1, 2, 3])
-    from flywheel.calibration import krippendorff_alpha
+    from flywheel.judge.agreement import krippendorff_alpha
 
     assert krippendorff_alpha(labels) == pytest.approx(ref, abs=1e-9)
     good = {("q", 0): 0, ("q", 1): 3, ("q", 2): 1, ("q", 3): 0}
@@ -73,7 +73,7 @@ def test_krippendorff_alpha_with_the_judge_as_one_more_rater():
 def test_slices_partition_the_pairs():
     import pandas as pd
 
-    from flywheel.calibration import sliced_agreement
+    from flywheel.judge.agreement import sliced_agreement
 
     pairs = pd.DataFrame({"query": ["crime", "crime map", "a b c d", "x", "y y", "z"],
                           "title": ["t"] * 6, "text": ["a" * n for n in (1, 50, 100, 150, 200, 250)],
@@ -86,14 +86,14 @@ def test_slices_partition_the_pairs():
 
 
 def test_flip_rates():
-    from flywheel.probes import flip_rates
+    from flywheel.judge.probes import flip_rates
 
     r = flip_rates(np.array([0, 1, 2, np.nan]), {"x": np.array([0, 2, 1, 3])})
     assert r["x"] == {"n": 3, "flip_rate": pytest.approx(2 / 3), "up_rate": pytest.approx(1 / 3), "mean_shift": 0.0}
 
 
 def test_probe_variants_keep_the_document_and_add_only_the_probe(golden):
-    from flywheel.probes import INJECTION, make_variants
+    from flywheel.judge.probes import INJECTION, make_variants
 
     pairs = golden.pairs("test").head(10)
     v = make_variants(pairs, golden.documents)

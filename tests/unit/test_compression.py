@@ -6,9 +6,10 @@ import dataclasses
 import numpy as np
 import pytest
 
-from flywheel.ladder import accept_pruned
-from models.compress import SoftTokenRanker, compress_fields, input_lengths
-from models.ranker import ScoringContract, load_ranker, save_ranker, score_pairs
+from flywheel.training.ladder import accept_pruned
+from models.compress import SoftTokenRanker
+from models.fields import compress_fields
+from models.ranker import ScoringContract, input_lengths, load_ranker, save_ranker, score_pairs
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +71,7 @@ def test_soft_tokens_encoder(minilm, tmp_path):
 
 def test_soft_tokens_decoder(tmp_path):
     from models import decoder as dec
-    from models.ranker import decoder_contract
+    from models.decoder import decoder_contract
 
     tok = dec.train_bpe_tokenizer(["crime data building permits city budget"] * 20)
     lm = dec.build_tiny_qwen3(tok)

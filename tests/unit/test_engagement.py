@@ -3,7 +3,7 @@
 import numpy as np
 import pandas as pd
 
-from flywheel.engagement import engagement_targets, simulate_day
+from flywheel.data.engagement import engagement_targets, simulate_day
 
 
 class _Golden:

@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from flywheel.judge import output_schema, parse_reply, system_prompt, user_prompt
-from flywheel.policy import load_policy
+from flywheel.judge.policy import load_policy
+from flywheel.judge.prompt import output_schema, parse_reply, system_prompt, user_prompt
 
 POLICY = load_policy(Path(__file__).resolve().parents[2] / "policies" / "open_data_search.md")
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from flywheel.judge import OpenAIJudge
-from flywheel.policy import load_policy
+from flywheel.judge.backends import OpenAIJudge
+from flywheel.judge.policy import load_policy
 from tests.openai_stub import StubServer
 
 POLICY = load_policy(Path(__file__).resolve().parents[2] / "policies" / "open_data_search.md")
@@ -61,8 +61,8 @@ def test_missing_key_is_a_clear_error(monkeypatch):
 
 def test_gate_refuses_a_judge_that_agrees_at_chance(monkeypatch, tmp_path):
     """Calibration through the openai backend: a judge that always answers 1 is blocked, with the reason."""
-    from flywheel.calibrate import calibrate
     from flywheel.config import load_config
+    from flywheel.judge.calibrate import calibrate
     from flywheel.settings import get_paths
 
     monkeypatch.setenv("OPENAI_API_KEY", "test-key")
@@ -76,7 +76,7 @@ def test_gate_refuses_a_judge_that_agrees_at_chance(monkeypatch, tmp_path):
 
 
 def test_grade_distribution_from_logprobs(monkeypatch):
-    from flywheel.online import OnlineSettings
+    from flywheel.judge.online import OnlineSettings
 
     monkeypatch.setenv("OPENAI_API_KEY", "test-key")
     with StubServer() as server:   # default reply: grade = number of query words found in the document

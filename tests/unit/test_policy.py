@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from flywheel.policy import PolicyError, load_policy, parse_policy
+from flywheel.judge.policy import PolicyError, load_policy, parse_policy
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / "policies" / "open_data_search.md"

@@ -1,4 +1,4 @@
-from flywheel.registry import promotion_decision
+from flywheel.serving.registry import promotion_decision
 
 KW = dict(min_ndcg=0.5, min_ratio_to_teacher=0.95, tolerance=0.005)
 

@@ -8,7 +8,7 @@ import random
 import numpy as np
 import pandas as pd
 
-from flywheel.selection import draw_exemplars, query_folds, select
+from flywheel.judge.selection import draw_exemplars, query_folds, select
 from tests.openai_stub import StubServer, overlap_reply
 
 
@@ -62,11 +62,11 @@ def _noisy_by_exemplars(body, n):
 
 
 def test_openai_calibration_chooses_exemplars_on_dev_and_labels_with_them(monkeypatch):
-    from flywheel import context
-    from flywheel.calibrate import calibrate
     from flywheel.config import load_config
-    from flywheel.golden import load_golden
-    from flywheel.policy import load_policy
+    from flywheel.data.golden import load_golden
+    from flywheel.judge.calibrate import calibrate
+    from flywheel.judge.policy import load_policy
+    from flywheel.judge.store import load_judge
     from flywheel.settings import get_paths
 
     monkeypatch.setenv("OPENAI_API_KEY", "test-key")
@@ -92,6 +92,6 @@ def test_openai_calibration_chooses_exemplars_on_dev_and_labels_with_them(monkey
             assert {fold[e["query"]] for e in sel["exemplars"]} == {"pool"}
         # a labelling run rebuilds the very judge that was calibrated (same version, same exemplars in its prompt)
         policy = load_policy(cfg.resolve(cfg.policy))
-        judge = context.load_judge(out["judge_version"], policy, cfg, paths)
+        judge = load_judge(out["judge_version"], policy, cfg, paths)
         assert [e.model_dump() for e in judge.policy.examples] == sel["exemplars"]
         assert policy.version == out["policy_version"]          # the PM's policy itself is unchanged

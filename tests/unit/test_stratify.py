@@ -3,7 +3,7 @@
 import numpy as np
 import pandas as pd
 
-from flywheel.labeling import stratify
+from flywheel.labeling.candidates import stratify
 
 
 def _pool(grades_by_query: dict[str, list[int]]) -> pd.DataFrame:
