@@ -123,10 +123,11 @@ def daily_flywheel(cfg: FlywheelConfig = FlywheelConfig(), date: str | None = No
                          "and MiniLM cosine — not a prompted LLM.",
                          "Parameter counts exclude embedding tables (they cost no compute per token).",
                          *(["Engagement logs are SIMULATED by a position-based click model over the human grades "
-                            "(flywheel/engagement.py); the engagement_teacher row is trained on them."]
+                            "(flywheel/data/engagement.py); the engagement_teacher row is trained on them."]
                            if events and events.get("simulated") else []),
                          f"Home: {paths().home}"]}
-    summary["curves_run"] = register.log_curves(summary)
+    summary["curves_run"] = register.log_curves({k: summary[k] for k in ("date", "rungs", "evaluation", "pruning",
+                                                                         "compression")})
     summary["report"] = deploy.write_report(summary)
     return summary
 

@@ -38,6 +38,15 @@ def merge_label_shards(date: str, calibration: dict, shards: list[dict]) -> dict
     return out
 
 
-@task(name="validate-labels", retries=0, cache_key_fn=content_key, persist_result=True)
+def partition_key(context, parameters: dict) -> str:
+    """The content key plus the day's partition as it is on disk now: a file that changed behind the labelling
+    task's back (a writer that skipped the contract, a hand edit) is validated again, not served from cache."""
+    from flywheel.data.lake import open_lake
+
+    live = open_lake(paths()).fingerprint("judge_labels", parameters["date"])
+    return content_key(context, parameters | {"partition_on_disk": live})
+
+
+@task(name="validate-labels", retries=0, cache_key_fn=partition_key, persist_result=True)
 def validate_labels(date: str, labels_fp: str) -> dict:
     return lib.validate_labels(date, paths())

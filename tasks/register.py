@@ -57,7 +57,8 @@ def promote(registered: dict, evaluation: dict, cfg: FlywheelConfig, deployable:
     return out
 
 
-@task(name="log-curves", retries=2, retry_delay_seconds=1)
+@task(name="log-curves", retries=2, retry_delay_seconds=1, cache_key_fn=content_key, persist_result=True)
 def log_curves(summary: dict) -> str:
-    """The size-versus-NDCG and input-length-versus-NDCG plots, logged to MLflow."""
+    """The size-versus-NDCG and input-length-versus-NDCG plots, logged to MLflow once per content: ``summary``
+    holds only what the plots are drawn from (date, rungs, evaluation, pruning, compression)."""
     return lib.log_curves(summary, paths())

@@ -50,8 +50,12 @@ def _logprobs(content: str) -> dict:
     return {"content": out, "refusal": None}
 
 
-def build_app(reply=overlap_reply, latency: float = 0.0, fail_rate: float = 0.0, stall_s: float = 5.0,
-              seed: int = 0, stats: dict | None = None, batch_fail_rate: float = 0.0) -> FastAPI:
+def build_app(reply=overlap_reply, latency: float = 0.0, fail_rate: float = 0.0, stall_s: float | None = 5.0,
+              seed: int = 0, stats: dict | None = None, batch_fail_rate: float = 0.0, retry_after: str = "0.05",
+              fault_for=None) -> FastAPI:
+    """``fault_for(n, body)`` → "429" / "500" / "stall" / None picks the fault of call ``n`` deterministically
+    (else ``fail_rate`` draws one). A stall with ``stall_s=None`` holds the request until the client hangs up:
+    the client's own timeout ends it, whatever the machine's speed."""
     app = FastAPI()
     rng = random.Random(seed)
     stats = stats if stats is not None else {}
@@ -68,15 +72,21 @@ def build_app(reply=overlap_reply, latency: float = 0.0, fail_rate: float = 0.0,
         stats.setdefault("last", body)
         if latency:
             await asyncio.sleep(latency)
-        if fail_rate and rng.random() < fail_rate:
-            kind = rng.choice(["429", "500", "stall"])
+        kind = fault_for(n, body) if fault_for else (
+            rng.choice(["429", "500", "stall"]) if fail_rate and rng.random() < fail_rate else None)
+        if kind:
             stats["faults"][kind] += 1
             if kind == "429":
                 return JSONResponse({"error": {"message": "rate limited", "type": "rate_limit"}}, status_code=429,
-                                    headers={"retry-after": "0.05"})
+                                    headers={"retry-after": retry_after} if retry_after else {})
             if kind == "500":
                 return JSONResponse({"error": {"message": "boom", "type": "server_error"}}, status_code=500)
-            await asyncio.sleep(stall_s)
+            if stall_s is not None:
+                await asyncio.sleep(stall_s)
+            else:
+                while not await req.is_disconnected():
+                    await asyncio.sleep(0.02)
+                return JSONResponse({}, status_code=499)
         content, finish, refusal = reply(body, n)
         logprobs = _logprobs(content) if body.get("logprobs") and content else None
         prompt_tokens = sum(len(m.get("content") or "") for m in body["messages"]) // 4

@@ -90,8 +90,8 @@ class TokenBucket:
             now = time.monotonic()
             self.level = min(self.capacity, self.level + (now - self.t) * self.rate)
             self.t = now
-            if self.level >= amount:
-                self.level -= amount
+            if self.level >= amount - 1e-9 * self.capacity:   # a rounding error short is not a reason to wait
+                self.level = max(0.0, self.level - amount)
                 return
             await asyncio.sleep((amount - self.level) / self.rate)
 

@@ -61,3 +61,24 @@ def test_stratified_candidates_cover_the_grade_scale(setup):
 
     again = retrieve_candidates("2026-04-02", strat_cfg, paths)
     assert again["fingerprint"] == strat_out["fingerprint"]        # same pool and seed: the same candidates
+
+
+def test_calibrate_command_exits_3_when_the_gate_blocks(setup, tmp_path):
+    """`flywheel calibrate` is the product manager's dry run of the gate: exit 0 and the agreement table when the
+    judge may label, exit 3 and the reason when it may not."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from flywheel.cli import app
+
+    paths, cfg, _ = setup
+    raw = yaml.safe_load(open(cfg.resolve("configs/ci.yaml")))
+    passing, strict = tmp_path / "ci.yaml", tmp_path / "strict.yaml"
+    passing.write_text(yaml.safe_dump(raw | {"golden": str(cfg.resolve(cfg.golden)), "policy": str(cfg.resolve(cfg.policy))}))
+    strict.write_text(yaml.safe_dump(raw | {"golden": str(cfg.resolve(cfg.golden)), "policy": str(cfg.resolve(cfg.policy)),
+                                            "judge": raw["judge"] | {"min_qwk": 0.99}}))
+    ok = CliRunner().invoke(app, ["calibrate", "--config", str(passing)])
+    assert ok.exit_code == 0, ok.output
+    blocked = CliRunner().invoke(app, ["calibrate", "--config", str(strict), "--output", str(tmp_path / "s.json")])
+    assert blocked.exit_code == 3, blocked.output
+    assert "0.990" in blocked.output and '"passed": false' in (tmp_path / "s.json").read_text()

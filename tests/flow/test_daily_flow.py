@@ -10,7 +10,9 @@ from flywheel.data.lake import PRIMARY_KEYS
 from flywheel.data.schemas import SCHEMAS
 from flywheel.evaluation import evaluate
 from flywheel.judge import calibrate
+from flywheel.labeling import candidates
 from flywheel.labeling import daily as labeling
+from flywheel.serving import registry
 from flywheel.training import compression, ladder
 
 pytestmark = pytest.mark.slow
@@ -75,12 +77,16 @@ def test_crash_in_a_late_stage_resumes_from_cache_and_warm_rerun_redoes_nothing(
     first_files = {t: set((paths().lake / t).rglob("part-*.parquet")) for t in SCHEMAS}
 
     calls: dict = {}
-    for mod, name in [(calibrate, "calibrate"), (labeling, "retrieve_candidates"), (labeling, "label_candidates"),
-                      (ladder, "train_teacher"), (ladder, "distil"), (ladder, "prune_student"),
-                      (evaluate, "evaluate_all"), (compression, "compress_student")]:
+    for mod, name in [(calibrate, "calibrate"), (candidates, "retrieve_candidates"), (labeling, "label_candidates"),
+                      (labeling, "validate_labels"), (ladder, "train_teacher"), (ladder, "distil"),
+                      (ladder, "simulate_engagement"), (ladder, "train_engagement_teacher"), (ladder, "prune_student"),
+                      (evaluate, "evaluate_all"), (compression, "compress_student"),
+                      (evaluate, "evaluate_compression"), (registry, "log_ranker"), (registry, "log_curves")]:
         _count_calls(monkeypatch, mod, name, calls)
     summary = daily_flywheel(cfg, DATE)
-    assert calls == {"evaluate_all": 1, "compress_student": 2}, f"stages before the crash ran again: {calls}"
+    # after the crash in evaluation: evaluation, compression, registration (4 rungs + 2 compressed) and the curves
+    assert calls == {"evaluate_all": 1, "compress_student": 2, "evaluate_compression": 1, "log_ranker": 6,
+                     "log_curves": 1}, f"stages before the crash ran again: {calls}"
     _assert_no_duplicate_rows(paths())
     for t in ("judge_labels", "candidates"):
         assert set((paths().lake / t).rglob("part-*.parquet")) == first_files[t]
@@ -91,6 +97,20 @@ def test_crash_in_a_late_stage_resumes_from_cache_and_warm_rerun_redoes_nothing(
 
     ev = summary["evaluation"]["systems"]
     assert set(ev) >= {"bm25", "judge", "teacher", "mid", "student", "student_pruned"}
+    # every rung ranks the held-out test queries well above chance and near its teacher (random scores already
+    # reach about 0.84 on these small judged pools, so the floor is measured, not assumed)
+    import numpy as np
+
+    from flywheel.data.golden import load_golden
+    from flywheel.metrics import ndcg_at_10
+
+    test = load_golden(cfg.resolve(cfg.golden)).pairs("test")
+    rng = np.random.default_rng(0)
+    chance = float(np.mean([ndcg_at_10(test, rng.random(len(test))) for _ in range(20)]))
+    print({k: round(v["ndcg@10"], 4) for k, v in ev.items()}, f"chance {chance:.4f}")
+    for rung in ("teacher", "mid", "student", "student_pruned"):
+        assert ev[rung]["ndcg@10"] > chance + 0.02, (rung, ev[rung]["ndcg@10"], chance)
+    assert ev["student"]["ndcg@10"] >= 0.97 * ev["teacher"]["ndcg@10"]
     assert summary["rungs"]["student_pruned"]["params_non_embedding"] < summary["rungs"]["student"]["params_non_embedding"]
     assert summary["calibration"]["test"]["qwk"] > 0.4
     # Compression: both forms evaluated on much shorter documents; the length curve and combined figure exist.
@@ -141,6 +161,31 @@ def test_crash_in_a_late_stage_resumes_from_cache_and_warm_rerun_redoes_nothing(
     assert not again["promotion"]["promoted"] and "already the champion" in again["promotion"]["reason"]
     assert again["evaluation"] == summary["evaluation"]
     _assert_no_duplicate_rows(paths())
+
+
+def test_a_bad_label_partition_stops_the_flow_before_training(prefect_server, cfg, monkeypatch):
+    """Labels that reach the lake without passing their contract (a writer that skipped it, a hand edit) are caught
+    by the validate stage, even on a rerun whose labelling is a cache hit, and nothing downstream runs."""
+    from flows.daily import daily_flywheel
+    from flywheel.data.contracts import ContractError
+    from flywheel.data.lake import Lake
+    from tasks._common import paths
+
+    daily_flywheel(cfg, DATE)                                     # warm: the day is labelled and valid
+    lake = Lake(paths().lake)
+    bad = lake.read("judge_labels", DATE).head(3).assign(grade=9, doc_hash="not-a-real-hash")
+    bad["grade"] = bad.grade.astype("Int8")
+    part = lake.write("judge_labels", bad, date=DATE, validate=False)
+    calls: dict = {}
+    for name in ("train_teacher", "distil", "prune_student"):
+        _count_calls(monkeypatch, ladder, name, calls)
+    try:
+        with pytest.raises(ContractError, match="judge_labels"):
+            daily_flywheel(cfg, DATE)
+        assert calls == {}, f"training ran on a partition that failed its contract: {calls}"
+    finally:
+        part.unlink()
+    daily_flywheel(cfg, DATE)                                     # the partition restored: the day passes again
 
 
 def test_a_policy_edit_is_picked_up_by_the_next_daily_run(prefect_server, cfg, tmp_path):

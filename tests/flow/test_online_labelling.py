@@ -21,15 +21,19 @@ DATE = "2026-04-01"
 
 @pytest.fixture()
 def pairs(golden):
-    return golden.pairs("calibration").head(120).reset_index(drop=True)
+    # distinct (query, document) contents: the stub tells pairs apart by the prompt
+    p = golden.pairs("calibration").drop_duplicates(["query", "title", "text"])
+    return p.head(120).reset_index(drop=True)
 
 
 def test_thirty_percent_transient_failures_lose_and_duplicate_nothing(pairs):
     policy = load_policy("policies/open_data_search.md")
     committed = []
-    settings = OnlineSettings(max_in_flight=16, timeout_s=0.5, max_retries=10, backoff_base_s=0.05,
+    # a stalled request is held until the client's 2 s timeout gives up on it (no server-side timer to race);
+    # a healthy one is answered in milliseconds
+    settings = OnlineSettings(max_in_flight=16, timeout_s=2.0, max_retries=10, backoff_base_s=0.05,
                               backoff_cap_s=0.3, commit_every=8)
-    with StubServer(fail_rate=0.3, stall_s=2.0) as server:
+    with StubServer(fail_rate=0.3, stall_s=None) as server:
         out = asyncio.run(OnlineLabeller(policy, "stub", server.base_url, "k", settings).run(
             pairs, lambda batch: committed.extend(batch)))
         faults = dict(server.stats["faults"])
@@ -71,3 +75,79 @@ def test_completed_day_costs_zero_requests_and_budget_resumes(tmp_path, monkeypa
     assert len(labels) == len(cand) <= cands["candidates"]     # identical documents under two ids: labelled once
     assert not labels.duplicated(["query_id", "doc_hash", "judge_version"]).any()
     assert (labels.judge_backend == "openai").all() and (labels.judge_version == version).all()
+
+
+class FakeClock:
+    """Stands in for ``time`` and ``asyncio`` inside flywheel.judge.online: ``sleep`` records the wait and moves
+    the clock instead of waiting, so rate limits and back-off are checked exactly and at once. With one request in
+    flight the waits add up as they would in real time."""
+
+    def __init__(self):
+        self.now, self.sleeps = 1000.0, []
+
+    def monotonic(self):
+        return self.now
+
+    def perf_counter(self):
+        return self.now
+
+    async def sleep(self, seconds):
+        self.sleeps.append(seconds)
+        self.now += seconds
+        await asyncio.sleep(0)
+
+    def __getattr__(self, name):                  # everything else: the real asyncio
+        return getattr(asyncio, name)
+
+
+@pytest.fixture()
+def clock(monkeypatch):
+    import flywheel.judge.online as online
+
+    c = FakeClock()
+    monkeypatch.setattr(online, "time", c)
+    monkeypatch.setattr(online, "asyncio", c)
+    return c
+
+
+def test_retry_after_is_honoured_and_jittered_backoff_stays_under_its_cap(pairs, clock):
+    policy = load_policy("policies/open_data_search.md")
+    seen = set()
+
+    def first_ask_is_rate_limited(n, body):
+        key = body["messages"][1]["content"]
+        if key in seen:
+            return None
+        seen.add(key)
+        return "429"
+
+    settings = OnlineSettings(max_in_flight=1, max_retries=3, backoff_base_s=0.5, backoff_cap_s=4.0)
+    with StubServer(fault_for=first_ask_is_rate_limited, retry_after="7.5") as server:
+        out = asyncio.run(OnlineLabeller(policy, "stub", server.base_url, "k", settings).run(pairs.head(5),
+                                                                                           lambda b: None))
+        faults = dict(server.stats["faults"])
+    assert out["failed"] == 0 and out["retries"] == 5 and faults == {"429": 5}
+    assert clock.sleeps == [7.5] * 5                   # each pair waited exactly what the server asked
+    clock.sleeps.clear()
+    with StubServer(fault_for=lambda n, body: "500" if n % 2 else None) as server:   # a 500 has no retry-after
+        out = asyncio.run(OnlineLabeller(policy, "stub", server.base_url, "k", settings).run(pairs.head(6),
+                                                                                           lambda b: None))
+    assert out["failed"] == 0 and out["retries"] == 6 and len(clock.sleeps) == 6
+    assert all(0 <= s <= 0.5 for s in clock.sleeps)    # a first retry: uniform(0, min(cap, base · 2^0))
+
+
+def test_request_and_token_per_minute_limits_are_honoured(pairs, clock):
+    policy = load_policy("policies/open_data_search.md")
+    with StubServer() as server:
+        rpm = OnlineSettings(max_in_flight=1, requests_per_minute=6)
+        out = asyncio.run(OnlineLabeller(policy, "stub", server.base_url, "k", rpm).run(pairs.head(20), lambda b: None))
+        assert out["requests"] == 20
+        assert clock.now - 1000.0 == pytest.approx(14 * 10.0)   # a burst of 6, then one every 10 s
+        labeller = OnlineLabeller(policy, "stub", server.base_url, "k",
+                                  OnlineSettings(max_in_flight=1, tokens_per_minute=6000, max_tokens=300))
+        est = [sum(len(m["content"]) for m in labeller.messages(r)) / 4 + 300 for _, r in pairs.head(30).iterrows()]
+        start = clock.now
+        out = asyncio.run(labeller.run(pairs.head(30), lambda b: None))
+    assert out["requests"] == 30 and sum(est) > 6000
+    # tokens beyond the first minute's burst are paid at 100 a second
+    assert clock.now - start == pytest.approx((sum(est) - 6000) / 100.0, rel=1e-6)

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from flywheel.data.lake import Lake
 from flywheel.data.lake import open_lake as lake
 from flywheel.training import ladder
 from tests.helpers import labelled_day
@@ -15,7 +16,7 @@ DATE = "2026-05-01"
 
 
 @pytest.mark.slow
-def test_decoder_ladder_distils_prunes_registers_and_scores_consistently():
+def test_decoder_ladder_distils_prunes_registers_and_scores_consistently(monkeypatch):
     import mlflow.pyfunc
 
     from flywheel.evaluation.evaluate import evaluate_all
@@ -45,12 +46,33 @@ def test_decoder_ladder_distils_prunes_registers_and_scores_consistently():
         s = score_pairs(m, t, c, a["query"].tolist(), a.title.tolist(), a.text.tolist())
         rho = spearmanr(s, a.teacher_score).statistic
         assert rho > 0.7, (child["rung"], parent["rung"], rho)
-    # teacher outputs are stored with their model version and read back, never recomputed
+    # teacher outputs are stored with their model version and read back, never recomputed: the scorer is not
+    # called again (the lake ignores rewrites of existing keys, so counting rows could not tell)
+    import models.ranker
+
     stored = lake(paths).read("teacher_scores")
-    assert (stored.model_version == teacher["model_version"]).sum() == teacher["train_pairs"]
+    stored = stored[stored.model_version == teacher["model_version"]]
+    assert len(stored) == teacher["train_pairs"]
+    scored = []
+    real = models.ranker.score_pairs
+    monkeypatch.setattr(models.ranker, "score_pairs", lambda *a, **k: scored.append(len(a[3])) or real(*a, **k))
     again = ladder.teacher_scores(teacher, jv, paths)
-    assert (lake(paths).read("teacher_scores").model_version == teacher["model_version"]).sum() == teacher["train_pairs"]
-    assert again.teacher_score.notna().all()
+    assert scored == [] and again.teacher_score.notna().all()
+    got = again.set_index(["query_id", "doc_hash"]).teacher_score
+    want = stored.set_index(["query_id", "doc_hash"]).score
+    np.testing.assert_allclose(got.loc[want.index].to_numpy(dtype=float), want.to_numpy(dtype=float))
+    # a pair the table lacks is scored, and only that one
+    hidden = (stored.query_id.iloc[0], stored.doc_hash.iloc[0])
+    real_read = Lake.read
+
+    def read_without_one(self, table, *a, **k):
+        df = real_read(self, table, *a, **k)
+        return df[~((df.query_id == hidden[0]) & (df.doc_hash == hidden[1]))] if table == "teacher_scores" else df
+
+    monkeypatch.setattr(Lake, "read", read_without_one)
+    ladder.teacher_scores(teacher, jv, paths)
+    monkeypatch.undo()
+    assert scored == [1]
 
     ev = evaluate_all({"teacher": teacher, "student_pruned": pruned}, jv, "decoder-test", cfg, paths)
     for name in ("teacher", "student_pruned"):

@@ -62,10 +62,11 @@ def test_engagement_weight_pulls_the_student_towards_the_engagement_teacher():
           f"{spearmanr(s_plain[observed], e[observed]).statistic:.3f}, multi "
           f"{spearmanr(s_multi[observed], e[observed]).statistic:.3f}")
     # measured: observed share 0.18; MSE to the engagement teacher 0.376 → 0.284, Spearman 0.746 → 0.817;
-    # MSE to the relevance teacher on the other pairs 0.150 → 0.191
+    # MSE to the relevance teacher on the other pairs 0.150 → 0.191 (1.27x): the engagement term may cost some
+    # relevance fidelity where engagement was not observed, not much more than that
     assert eng_multi < 0.85 * eng_plain
     assert spearmanr(s_multi[observed], e[observed]).statistic > spearmanr(s_plain[observed], e[observed]).statistic + 0.03
-    assert rel_multi < 2.0 * rel_plain
+    assert rel_multi < 1.4 * rel_plain
 
     # with the retrieval pool on, the student also learns from unlabelled candidates: the parents score them, the
     # engagement term stays masked there (nothing was observed), and every loss stays finite

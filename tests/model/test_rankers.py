@@ -34,18 +34,22 @@ def test_saved_ranker_scores_identically_whatever_the_batch(tmp_path, toy):
     assert np.allclose(a, b, atol=1e-5)
 
 
-def test_training_lowers_the_loss_and_ranks_better_than_random(toy):
-    model, tok = build_cross_encoder([0, 1], seed=0)
-    contract = ScoringContract(max_length=64)
-    losses = train_ranker(model, tok, contract, toy, "target", "labels", TrainConfig(epochs=3, lr=1e-4, batch_size=16))
-    assert np.mean(losses[-5:]) < np.mean(losses[:5])
-    scores = score_pairs(model, tok, contract, toy["query"].tolist(), toy.title.tolist(), toy.text.tolist())
+def test_training_lowers_the_loss_and_ranks_better_than_its_starting_point(toy):
+    """The untrained ranker is already the pretrained cosine scorer, far better than random: training has to beat
+    that starting point (on the pairs it was trained on: a fit that cannot even do that is broken)."""
     from scipy.stats import spearmanr
 
-    rng = np.random.default_rng(0)
-    random_ndcg = np.mean([ndcg_at_10(toy, rng.random(len(toy))) for _ in range(20)])
-    assert ndcg_at_10(toy, scores) > random_ndcg
-    assert spearmanr(scores, toy.target).statistic > 0.3
+    model, tok = build_cross_encoder([0, 1], seed=0)
+    contract = ScoringContract(max_length=64)
+    args = (toy["query"].tolist(), toy.title.tolist(), toy.text.tolist())
+    start = score_pairs(model, tok, contract, *args)
+    losses = train_ranker(model, tok, contract, toy, "target", "labels", TrainConfig(epochs=3, lr=1e-4, batch_size=16))
+    assert np.mean(losses[-5:]) < np.mean(losses[:5])
+    scores = score_pairs(model, tok, contract, *args)
+    print(f"NDCG@10 start {ndcg_at_10(toy, start):.4f} trained {ndcg_at_10(toy, scores):.4f}; Spearman start "
+          f"{spearmanr(start, toy.target).statistic:.3f} trained {spearmanr(scores, toy.target).statistic:.3f}")
+    assert ndcg_at_10(toy, scores) > ndcg_at_10(toy, start) + 0.01
+    assert spearmanr(scores, toy.target).statistic > spearmanr(start, toy.target).statistic + 0.05
 
 
 def test_distillation_brings_student_scores_towards_the_teacher(toy):

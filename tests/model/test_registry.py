@@ -117,3 +117,39 @@ def test_a_model_registered_before_the_stage_packages_still_loads_and_serves(tmp
     m, t, c = load_ranker(model_dir / "artifacts" / "ck")
     assert list(served.predict(df)) == pytest.approx(score_pairs(m, t, c, df["query"].tolist(), df.title.tolist(),
                                                                  df.text.tolist()), abs=1e-5)
+
+
+def test_service_hot_reloads_the_alias_and_the_rollback_command_moves_it_back(rung, tmp_path):
+    """POST /reload picks up a moved alias without a restart (the daily deploy relies on it); `flywheel rollback`
+    points champion back at the previous champion, and the next reload serves it again."""
+    from fastapi.testclient import TestClient
+    from typer.testing import CliRunner
+
+    from flywheel.cli import app as cli
+    from flywheel.serving.service import create_app
+    from models.cross_encoder import build_cross_encoder
+    from models.ranker import ScoringContract, save_ranker
+
+    paths = get_paths()
+    name = "test-hot-reload"
+    cfg = PromotionConfig(min_ndcg=0.5, min_ratio_to_teacher=0.9, tolerance_vs_champion=0.0)
+    other, tok = build_cross_encoder([0, 1])
+    other_rung = rung | {"path": str(save_ranker(other, tok, ScoringContract(max_length=32), tmp_path / "two")),
+                         "model_version": "def", "layers": 2}
+    v1 = log_ranker(rung, {"ndcg@10": 0.80}, {}, paths, name)["version"]
+    promote_challenger(name, v1, 0.80, 0.80, cfg, paths)
+    body = {"query": "crime", "documents": [{"title": "Crime incidents", "text": "by area"}, {"title": "Parks"}]}
+    with TestClient(create_app(name)) as client:
+        first = client.post("/score", json=body).json()
+        version = lambda r: str(r["version"])  # noqa: E731 (the registry's versions are numbers in JSON)
+        assert version(first) == v1 and version(client.get("/health").json()) == v1
+        v2 = log_ranker(other_rung, {"ndcg@10": 0.85}, {}, paths, name)["version"]
+        promote_challenger(name, v2, 0.85, 0.85, cfg, paths)
+        assert version(client.post("/score", json=body).json()) == v1           # still the loaded model
+        assert version(client.post("/reload").json()) == v2
+        second = client.post("/score", json=body).json()
+        assert version(second) == v2 and second["scores"] != pytest.approx(first["scores"], abs=1e-4)
+        out = CliRunner().invoke(cli, ["rollback", "--model", name])
+        assert out.exit_code == 0 and f"{name}@champion -> v{v1}" in out.output
+        assert version(client.post("/reload").json()) == v1
+        assert client.post("/score", json=body).json()["scores"] == pytest.approx(first["scores"], abs=1e-6)

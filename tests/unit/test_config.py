@@ -25,3 +25,25 @@ def test_config_errors_name_the_field(tmp_path):
     with pytest.raises(ValueError) as exc:
         load_config(bad)
     assert "judge.min_qwk" in str(exc.value) and "teacher, mid, student" in str(exc.value)
+
+
+def test_prefect_yaml_deployments_load():
+    """Every deployment of prefect.yaml names a flow that imports, a work pool, and schedules Prefect accepts."""
+    import importlib
+
+    import yaml
+    from prefect.client.schemas.schedules import CronSchedule
+    from prefect.flows import Flow
+
+    spec = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    assert spec["deployments"], "prefect.yaml declares no deployment"
+    for d in spec["deployments"]:
+        file, _, name = d["entrypoint"].partition(":")
+        assert (ROOT / file).exists(), d["entrypoint"]
+        flow = getattr(importlib.import_module(file.removesuffix(".py").replace("/", ".")), name)
+        assert isinstance(flow, Flow), f"{d['entrypoint']} is not a Prefect flow"
+        assert d["work_pool"]["name"]
+        for s in d.get("schedules", []):
+            CronSchedule(cron=s["cron"], timezone=s.get("timezone", "UTC"))      # raises on a bad cron
+        # the parameters must be ones the flow takes
+        assert set(d.get("parameters") or {}) <= set(flow.parameters.properties), d["name"]

@@ -51,3 +51,24 @@ def test_header_errors():
         parse_policy("---\nname: x\n")
     with pytest.raises(PolicyError, match=r"<policy>:\d+: invalid YAML"):
         parse_policy("---\nname: x\nscale: [\n---\n")
+
+
+def test_policy_check_command_exit_codes(tmp_path):
+    """`flywheel policy check` is what a product manager runs before publishing: 0 and the version when the file
+    is good; 1 and every mistake at its line when it is not, or when the file is missing."""
+    from typer.testing import CliRunner
+
+    from flywheel.cli import app
+
+    run = CliRunner().invoke
+    ok = run(app, ["policy", "check", str(SHIPPED)])
+    assert ok.exit_code == 0 and f"version {load_policy(SHIPPED).version}" in ok.output
+    lines = SHIPPED.read_text().splitlines()
+    j = next(n for n, line in enumerate(lines) if line.startswith("owner:"))
+    lines[j] = "ownr: search-relevance-pm"
+    bad = tmp_path / "bad.md"
+    bad.write_text("\n".join(lines))
+    out = run(app, ["policy", "check", str(bad)])
+    assert out.exit_code == 1 and f"bad.md:{j + 1}" in out.output and "remove it" in out.output
+    missing = run(app, ["policy", "check", str(tmp_path / "nowhere.md")])
+    assert missing.exit_code == 1 and "nowhere.md" in missing.output
