@@ -1,2 +1,2 @@
-"""Stage 5, evaluation: every rung and baseline on the held-out test queries (NDCG@10, size, speed, input
+"""Evaluation: every rung and baseline on the held-out test queries (NDCG@10, size, speed, input
 length), the curves and the HTML report. Imports the stages below."""

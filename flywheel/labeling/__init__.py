@@ -1,2 +1,2 @@
-"""Stage 3, labelling: today's candidates (retrieved, pre-graded, stratified) and the day's labels by the calibrated
+"""Labelling: today's candidates (retrieved, pre-graded, stratified) and the day's labels by the calibrated
 judge (resumable, never paid twice, validated), read back as training pairs. Imports the stages below."""

@@ -1,4 +1,4 @@
-"""Stage 3a: today's candidates for every non-test query — BM25 ∪ bi-encoder ∪ random documents — graded by a
+"""Flow stage 3, first half: today's candidates for every non-test query — BM25 ∪ bi-encoder ∪ random documents — graded by a
 cheap pre-judge and stratified by that grade, so labels cover the whole scale rather than only the top hits."""
 
 from __future__ import annotations

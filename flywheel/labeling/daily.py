@@ -1,4 +1,4 @@
-"""Stage 3: retrieve today's candidates and label the new pairs with the calibrated judge.
+"""Flow stage 3, second half: label the new pairs among today's candidates with the calibrated judge.
 
 "New" means: no label yet in the store for (query, document content hash, judge version) — a pair is never
 paid for twice. Labels are committed in small atomic batches, so a crash loses at most one batch and a rerun

@@ -1,2 +1,2 @@
-"""Stage 1, first-stage retrieval: BM25 and the MiniLM bi-encoder (candidates for labelling, features for the
+"""First-stage retrieval: BM25 and the MiniLM bi-encoder (candidates for labelling, features for the
 judge, baselines for evaluation) and the document-embedding cache. Imports only ``data``."""

@@ -1,2 +1,2 @@
-"""Stage 6, serving: the MLflow registry (pyfunc, lineage, the promotion gate, aliases, rollback) and the scoring
-service. The top of the pipeline; imports any stage below."""
+"""Serving, the top of the pipeline: the MLflow registry (pyfunc, lineage, the promotion gate, aliases,
+rollback) and the scoring service. May import any stage below."""

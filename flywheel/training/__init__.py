@@ -1,2 +1,2 @@
-"""Stage 4, training: the ranker ladder (teacher, distilled rungs, multi-teacher, pruning) and context compression.
+"""Training: the ranker ladder (teacher, distilled rungs, multi-teacher, pruning) and context compression.
 Plain functions over ``models/``; imports the stages below."""

@@ -4,8 +4,8 @@
   budget; soft-token students read ``k`` vectors projected from the MiniLM bi-encoder's document embedding.
   Both are distilled from the uncompressed student's scores (stored in ``teacher_scores``) on the labelled
   training pairs plus an unlabelled retrieval pool of the same queries — a distillation target needs no label.
-- Document embeddings are cached per document version (content hash) under ``models/doc_cache``, so a document
-  is embedded once, whichever student or day asks.
+- Document embeddings come from :mod:`flywheel.retrieval.embeddings`, cached per document version, so a
+  document is embedded once, whichever student or day asks.
 """
 
 from __future__ import annotations
