@@ -1,5 +1,5 @@
 """GPU scoring throughput of a Qwen3-0.6B-shaped decoder ranker (random weights: speed only), in bfloat16,
-documents compressed to at most 32 tokens (field-aware, models.compress), each query's prefix run once.
+documents compressed to at most 32 tokens (field-aware, models.fields), each query's prefix run once.
 
     bash bench/scoring_gpu.sh [--latency-ms 50] [--queries 16]     # needs one CUDA GPU; runs in about 2 minutes
 

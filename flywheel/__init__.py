@@ -19,10 +19,12 @@ class _MovedModule(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         return importlib.util.spec_from_loader(name, self) if name in MOVED_MODULES else None
 
     def create_module(self, spec):
-        return importlib.import_module(MOVED_MODULES[spec.name])
+        module = importlib.import_module(MOVED_MODULES[spec.name])
+        spec.loader_state = module.__spec__          # importlib sets the alias's spec on it next; undone below
+        return module
 
     def exec_module(self, module):
-        pass
+        module.__spec__ = module.__spec__.loader_state
 
 
 if not any(isinstance(f, _MovedModule) for f in sys.meta_path):

@@ -2,9 +2,8 @@
 
 Two forms (``ScoringContract.compression``):
 
-- ``fields`` — field-aware compression to a token budget: the document's fields in the policy's order
-  (``document_fields``: the first field matters most), stop words dropped, words already kept not repeated,
-  then cut to ``doc_budget`` tokens of the ranker's own tokenizer. Plain text: any ranker reads it.
+- ``fields`` — field-aware compression to a token budget (:mod:`models.fields`): the document's fields in the
+  policy's order, stop words and repeats dropped, cut to ``doc_budget`` tokens. Plain text: any ranker reads it.
 - ``soft`` — embedding-token compression (the reference system's "single-token" documents): the bi-encoder's
   document embedding ``e`` [E] is projected into ``k`` soft tokens ``P(e)`` [k, H] that take the place of the
   document text in the ranker's input embeddings; the query stays text. ``P`` is trained by distillation from

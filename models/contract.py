@@ -30,7 +30,7 @@ class ScoringContract:
     no_token_id: int | None = None
     bos_token_id: int | None = None
     pad_token_id: int = 0
-    # context compression (models.compress): "none", "fields" (the policy's fields, in order, cut to doc_budget
+    # context compression (models.fields, models.compress): "none", "fields" (the policy's fields, in order, cut to doc_budget
     # tokens) or "soft" (soft_tokens vectors projected from the embedder's document embedding replace the text)
     compression: str = "none"
     doc_fields: tuple = ("title", "text")

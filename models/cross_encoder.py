@@ -3,7 +3,7 @@
 A ranker is a :class:`BertMeanPoolRanker`: the encoder reads query and document together (one forward pass per
 pair), and the relevance logit is ``sim_scale · cos(mean(query tokens), mean(document tokens)) + w·mean(all)
 + b`` — mean pooling is how MiniLM was pretrained, so the untrained ranker already ranks like the bi-encoder
-and training refines it. Plus its scoring contract (``models.ranker.ScoringContract``). Every consumer — training, evaluation, the
+and training refines it. Plus its scoring contract (``models.contract.ScoringContract``). Every consumer — training, evaluation, the
 scoring service — loads both through ``models.ranker.load_ranker``, so they score identically. Smaller rungs keep a subset of the encoder's layers (``layers``).
 """
 

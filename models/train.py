@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from models.ranker import encode_pairs
 from models.losses import listnet_kl, margin_mse, masked_mse, pointwise_soft_bce, ranknet, score_mse
+from models.ranker import encode_pairs
 
 
 @dataclass

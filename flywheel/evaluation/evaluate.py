@@ -1,4 +1,4 @@
-"""Stage 7: evaluate BM25, the judge and every rung on the golden test split (NDCG@10, size, speed)."""
+"""Flow stage 7: evaluate BM25, the judge and every rung on the golden test split (NDCG@10, size, speed)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Stage 2: calibrate the judge on the golden calibration split, and measure it on the held-out test split.
+"""Flow stage 2: calibrate the judge on the golden calibration split, and measure it on the held-out test split.
 
 For the offline judge, agreement on the calibration split is cross-validated by query (fit on k−1 folds,
 grade the held-out fold), so the gate sees out-of-sample figures; the judge then used for labelling is fitted

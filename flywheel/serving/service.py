@@ -1,4 +1,4 @@
-"""Stage 8: the scoring service. A FastAPI app that loads ``models:/<name>@champion`` and scores
+"""Flow stage 10: the scoring service. A FastAPI app that loads ``models:/<name>@champion`` and scores
 (query, documents[]) → scores[] in one forward pass per batch (no generation), plus the deploy step that starts
 or hot-reloads it and smoke-tests that it reproduces the offline scores.
 

@@ -1,4 +1,4 @@
-"""Stage 6b: context compression of the deployable student (models.compress), and the curves that report it.
+"""Flow stage 8: context compression of the deployable student (models.fields, models.compress), and the curves that report it.
 
 - Field-aware students read each document as its policy fields (``document_fields``, in order) cut to a token
   budget; soft-token students read ``k`` vectors projected from the MiniLM bi-encoder's document embedding.

@@ -1,4 +1,4 @@
-"""Stages 5–6: train the teacher on judge labels, distil teacher → mid → student on scores, prune the student.
+"""Flow stages 5–6: train the teacher on judge labels, distil teacher → mid → student on scores, prune the student.
 
 Each rung is saved as an HF checkpoint with its scoring contract under
 ``FLYWHEEL_HOME/models/ladder/<rung>-<key>``, where the key hashes everything the rung was trained from;

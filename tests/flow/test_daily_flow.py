@@ -1,8 +1,6 @@
 """The daily flow end to end on the CI config: the gate blocks, a late crash resumes from cache without
 rewriting a row, a warm rerun redoes nothing, and the served champion reproduces the offline scores."""
 
-import random
-
 import pytest
 
 from flywheel.config import load_config
@@ -27,10 +25,13 @@ def prefect_server():
         yield
 
 
-@pytest.fixture()
+@pytest.fixture(scope="module")
 def cfg():
-    c = load_config("configs/ci.yaml")
-    return c.model_copy(update={"serve_port": random.randint(20000, 40000)})
+    """One configuration for the module: the serving port is part of every task's cache key, so the tests after
+    the first find its stages cached, as a daily run would (the service is stopped after each run)."""
+    from tests.openai_stub import free_port
+
+    return load_config("configs/ci.yaml").model_copy(update={"serve_port": free_port()})
 
 
 def _count_calls(monkeypatch, module, name, counter):

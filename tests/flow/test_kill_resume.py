@@ -60,6 +60,16 @@ DRIVER = textwrap.dedent("""
 """)
 
 
+def _finish(proc: subprocess.Popen) -> str:
+    """stdout of a run that must end by itself; killed if it has not after 10 minutes."""
+    try:
+        return proc.communicate(timeout=600)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def _run(home: Path, block_after: int, base_url: str = "-"):
     env = {**os.environ, "FLYWHEEL_HOME": str(home), "OPENAI_API_KEY": "k"}
     for k in ("PREFECT_HOME", "PREFECT_LOCAL_STORAGE_PATH", "MLFLOW_TRACKING_URI", "HF_HOME", "MPLCONFIGDIR",
@@ -107,24 +117,26 @@ def stub_server():
 
 def _kill_and_resume(tmp_path, base_url: str = "-"):
     clean = _run(tmp_path / "clean", 0, base_url)
-    out, _ = clean.communicate(timeout=600)
+    out = _finish(clean)
     total = _pending(out)
     assert clean.returncode == 0 and "DONE" in out
 
     victim = _run(tmp_path / "killed", 40, base_url)
-    lines = []
-    for line in victim.stdout:                      # read until it says it is blocked mid-run
-        lines.append(line)
-        if line.startswith(("BLOCKED", "DONE")):
-            break
-    assert lines and lines[-1].startswith("BLOCKED"), f"the victim did not block: {lines}"
-    os.kill(victim.pid, signal.SIGKILL)
-    victim.wait()
+    try:
+        lines = []
+        for line in victim.stdout:                  # read until it says it is blocked mid-run
+            lines.append(line)
+            if line.startswith(("BLOCKED", "DONE")):
+                break
+        assert lines and lines[-1].startswith("BLOCKED"), f"the victim did not block: {lines}"
+    finally:
+        os.kill(victim.pid, signal.SIGKILL)         # blocked for good, or failed: either way it goes now
+        victim.wait()
     committed = len(_labels(tmp_path / "killed"))
     assert 0 < committed < total
 
     rerun = _run(tmp_path / "killed", 0, base_url)
-    out, _ = rerun.communicate(timeout=600)
+    out = _finish(rerun)
     assert rerun.returncode == 0, out
     assert _pending(out) == total - committed            # nothing committed is asked again
 

@@ -69,9 +69,12 @@ def test_decoder_ladder_distils_prunes_registers_and_scores_consistently(monkeyp
         df = real_read(self, table, *a, **k)
         return df[~((df.query_id == hidden[0]) & (df.doc_hash == hidden[1]))] if table == "teacher_scores" else df
 
+    parts = set((paths.lake / "teacher_scores").rglob("part-*.parquet"))
     monkeypatch.setattr(Lake, "read", read_without_one)
     ladder.teacher_scores(teacher, jv, paths)
     monkeypatch.undo()
+    for new in set((paths.lake / "teacher_scores").rglob("part-*.parquet")) - parts:
+        new.unlink()                                  # the rescored pair is a duplicate row: keep the lake clean
     assert scored == [1]
 
     ev = evaluate_all({"teacher": teacher, "student_pruned": pruned}, jv, "decoder-test", cfg, paths)

@@ -47,11 +47,13 @@ def graph(packages=("flywheel", "models")) -> dict[str, list[tuple[int, str]]]:
 
 def stage_of(module: str) -> str | None:
     parts = module.split(".")
-    return parts[1] if parts[0] == "flywheel" and len(parts) > 2 and parts[1] in STAGES else None
+    return parts[1] if parts[0] == "flywheel" and len(parts) > 1 and parts[1] in STAGES else None
 
 
 def layering_violations(g: dict) -> list[str]:
-    bad = []
+    bad = [f"{mod} imports {target} (line {line}): models/ stays below the library (torch and transformers only)"
+           for mod, edges in g.items() if mod.split(".")[0] == "models"
+           for line, target in edges if target.split(".")[0] == "flywheel"]
     for mod, edges in g.items():
         if mod in ENTRY_POINTS or not mod.startswith("flywheel"):
             continue
@@ -168,6 +170,12 @@ def test_the_checks_fail_on_an_import_back_up_and_on_a_circle(tmp_path):
     g["models.contract"] = g["models.contract"] + [(7, "models.ranker")]
     found = circles(g)
     assert found and "models.contract imports models.ranker (line 7)" in circle_message(g, found[0])
+    g = graph()
+    g["flywheel.data"] = g["flywheel.data"] + [(3, "flywheel.judge.policy")]            # a package's __init__
+    assert any("flywheel.data (stage data) imports flywheel.judge.policy (line 3)" in b for b in layering_violations(g))
+    g = graph()
+    g["models.ranker"] = g["models.ranker"] + [(5, "flywheel.settings")]
+    assert any("models.ranker imports flywheel.settings (line 5)" in b for b in layering_violations(g))
     g = graph()
     g["flywheel.config"] = g["flywheel.config"] + [(21, "flywheel.judge.online")]
     assert any("shared block" in b and "flywheel.judge.online (line 21)" in b for b in layering_violations(g))

@@ -89,3 +89,43 @@ def test_grade_distribution_from_logprobs(monkeypatch):
     assert out.grade.tolist() == [1, 0]
     assert dims["_grade_distribution"] == {"0": 0.15, "1": 0.7, "2": 0.15}
     assert out.score[0] == pytest.approx(1.0) and out.score[1] == pytest.approx(0.3 / 1 * 1)   # 0.7·0 + 0.3·1
+
+
+def test_token_bucket_waits_for_the_deficit_and_no_longer(monkeypatch):
+    """The rate limiter waits exactly what it lacks, and a level a rounding error short of the amount counts as
+    enough: with the clock far from zero, a wait of 1e-13 s would not move it, and the bucket would spin."""
+    import asyncio
+
+    import flywheel.judge.online as online
+
+    class Clock:
+        now, sleeps = 1e6, []
+
+        def monotonic(self):
+            return self.now
+
+        async def sleep(self, s):
+            self.sleeps.append(s)
+            self.now += s
+            assert len(self.sleeps) < 100, f"the bucket spins: waits of {self.sleeps[-3:]} s do not move the clock"
+
+        def __getattr__(self, name):
+            return getattr(asyncio, name)
+
+    clock = Clock()
+    monkeypatch.setattr(online, "time", clock)
+    monkeypatch.setattr(online, "asyncio", clock)
+    bucket = online.TokenBucket(per_minute=600)            # 10 a second, bursting to 600
+
+    async def take(n, amount):
+        for _ in range(n):
+            await bucket.take(amount)
+
+    asyncio.run(take(600, 1))
+    assert clock.sleeps == []                               # the burst is free
+    asyncio.run(take(3, 1))
+    assert clock.sleeps == pytest.approx([0.1, 0.1, 0.1])   # then one every 0.1 s
+    bucket.level -= 1e-12                                   # a rounding error short
+    clock.sleeps.clear()
+    asyncio.run(take(1, 0.5))
+    assert len(clock.sleeps) == 1 and clock.sleeps[0] == pytest.approx(0.05)
