@@ -44,7 +44,7 @@ def partition_key(context, parameters: dict) -> str:
     from flywheel.data.lake import open_lake
 
     files = open_lake(paths()).files("judge_labels", parameters["date"])
-    live = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]   # an edit in place changes these
+    live = [(f.name, s.st_size, s.st_mtime_ns) for f in files for s in [f.stat()]]   # an edit in place changes these
     return content_key(context, parameters | {"partition_on_disk": live})
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from flywheel.data.lake import Lake
+from flywheel.data.lake import Lake, open_lake
 from flywheel.settings import Paths
 
 
@@ -117,5 +117,5 @@ def _retriever(lake_root: str, fingerprint: str) -> HybridRetriever:
 
 def retriever(paths: Paths) -> HybridRetriever:
     """The index over every document in the lake, rebuilt only when the documents table changes."""
-    lk = Lake(paths.lake)
+    lk = open_lake(paths)
     return _retriever(str(lk.root), lk.fingerprint("documents"))

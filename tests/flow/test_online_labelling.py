@@ -14,6 +14,7 @@ from flywheel.judge.policy import load_policy
 from flywheel.labeling import daily as labeling
 from flywheel.labeling.candidates import retrieve_candidates
 from flywheel.settings import get_paths
+from tests.helpers import FakeClock, use_fake_clock
 from tests.openai_stub import StubServer
 
 DATE = "2026-04-01"
@@ -77,37 +78,9 @@ def test_completed_day_costs_zero_requests_and_budget_resumes(tmp_path, monkeypa
     assert (labels.judge_backend == "openai").all() and (labels.judge_version == version).all()
 
 
-class FakeClock:
-    """Stands in for ``time`` and ``asyncio`` inside flywheel.judge.online: ``sleep`` records the wait and moves
-    the clock instead of waiting, so rate limits and back-off are checked exactly and at once. With one request in
-    flight the waits add up as they would in real time."""
-
-    def __init__(self):
-        self.now, self.sleeps = 1000.0, []
-
-    def monotonic(self):
-        return self.now
-
-    def perf_counter(self):
-        return self.now
-
-    async def sleep(self, seconds):
-        self.sleeps.append(seconds)
-        self.now += seconds
-        await asyncio.sleep(0)
-
-    def __getattr__(self, name):                  # everything else: the real asyncio
-        return getattr(asyncio, name)
-
-
 @pytest.fixture()
 def clock(monkeypatch):
-    import flywheel.judge.online as online
-
-    c = FakeClock()
-    monkeypatch.setattr(online, "time", c)
-    monkeypatch.setattr(online, "asyncio", c)
-    return c
+    return use_fake_clock(monkeypatch, FakeClock())
 
 
 def test_retry_after_is_honoured_and_jittered_backoff_stays_under_its_cap(pairs, clock):

@@ -97,24 +97,9 @@ def test_token_bucket_waits_for_the_deficit_and_no_longer(monkeypatch):
     import asyncio
 
     import flywheel.judge.online as online
+    from tests.helpers import FakeClock, use_fake_clock
 
-    class Clock:
-        now, sleeps = 1e6, []
-
-        def monotonic(self):
-            return self.now
-
-        async def sleep(self, s):
-            self.sleeps.append(s)
-            self.now += s
-            assert len(self.sleeps) < 100, f"the bucket spins: waits of {self.sleeps[-3:]} s do not move the clock"
-
-        def __getattr__(self, name):
-            return getattr(asyncio, name)
-
-    clock = Clock()
-    monkeypatch.setattr(online, "time", clock)
-    monkeypatch.setattr(online, "asyncio", clock)
+    clock = use_fake_clock(monkeypatch, FakeClock(start=1e6, max_sleeps=100))
     bucket = online.TokenBucket(per_minute=600)            # 10 a second, bursting to 600
 
     async def take(n, amount):
