@@ -46,6 +46,9 @@ def daily_flywheel(cfg: FlywheelConfig = FlywheelConfig(), date: str | None = No
     cands = label.retrieve_candidates(date, cfg, seed["queries_fp"], seed["documents_fp"])
     labels = label_day(date, cal, cfg, cands["fingerprint"])
     strata = f" (pre-judge grades {cands['predicted_grades']})" if cands.get("predicted_grades") else ""
+    if ps := cands.get("pseudo_queries"):
+        strata += (f"; {ps['made']} of {ps['requested']} pseudo-queries {ps['by_method']}"
+                   + (f" — {ps['why_fewer']}" if ps.get("why_fewer") else ""))
     clock.record("3 retrieve + label", t, f"{cands['candidates']} candidates for {cands['queries']} queries"
                                           f"{strata}; {labels['labelled']} new labels")
     t = time.perf_counter()
@@ -79,7 +82,8 @@ def daily_flywheel(cfg: FlywheelConfig = FlywheelConfig(), date: str | None = No
 
     t = time.perf_counter()
     rungs = {"teacher": teacher, "mid": mid, "student": student, "student_pruned": pruned}
-    ev = evaluate.evaluate(rungs | curve | ({"engagement_teacher": eng} if eng else {}), cal["judge_version"], cfg)
+    ev = evaluate.evaluate(rungs | curve | ({"engagement_teacher": eng} if eng else {})
+                           | {"zero_shot_start": teacher["start"]}, cal["judge_version"], cfg)
     acc = evaluate.accept_pruned(ev, cfg)
     deployable = acc["deployable"]
     clock.record("7 evaluate", t, ", ".join(f"{k} {v['ndcg@10']:.3f}" for k, v in ev["systems"].items())

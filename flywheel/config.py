@@ -60,6 +60,9 @@ class RetrievalConfig(BaseModel):
     n_random: int = Field(2, ge=0)
     per_grade: int = Field(0, ge=0)
     pool_depth: int = Field(30, ge=1)
+    # pseudo-queries (document titles, or leading sentences where there are none) added to the day's queries, so
+    # the judge labels their candidates and the teacher learns from more queries than the golden set has
+    pseudo_queries: int = Field(0, ge=0, le=20000)
 
 
 class RungConfig(BaseModel):
@@ -97,6 +100,14 @@ class LadderConfig(BaseModel):
     # documents' titles used as extra unlabelled training queries in distillation (each with its pool of
     # pool_per_query candidates, scored by the parent); never a golden query's text. 0 = only labelled queries.
     pseudo_queries: int = Field(0, ge=0, le=20000)
+    # Do no harm: every rung holds out this share of its labelled queries (seeded, by query; the same queries for
+    # every rung) and keeps its best state by NDCG@10 against the judge's labels there, its starting point included
+    validation_share: float = Field(0.2, ge=0, lt=1)
+    eval_every: int = Field(0, ge=0)      # also validate every this many steps (0 = once per epoch)
+    patience: int = Field(0, ge=0)        # stop a rung after this many validations without gain (0 = run all epochs)
+    # the teacher's target: the judge's continuous score (expected grade; "score") or its rounded grade ("grade")
+    teacher_target: Literal["score", "grade"] = "score"
+    teacher_ranknet_weight: float = Field(0.0, ge=0)   # + RankNet over each query's judged pairs, for the teacher
 
     @model_validator(mode="after")
     def _names(self):
@@ -166,6 +177,9 @@ class PromotionConfig(BaseModel):
     min_ndcg: float = Field(0.5, ge=0, le=1)
     min_ratio_to_teacher: float = Field(0.95, gt=0, le=1.5)
     tolerance_vs_champion: float = Field(0.005, ge=0)
+    # the deployable model must beat the best baseline (zero-shot start, bi-encoder, BM25) on the test split by
+    # this much; negative only in configurations that exercise the registry's mechanics, never in production
+    min_gain_over_baseline: float = Field(0.0, ge=-1, le=1)
 
 
 class FlywheelConfig(BaseModel):

@@ -105,7 +105,12 @@ def evaluate_compression(compressed: dict, student_name: str, student: dict, tea
             "combined": combined}
 
 
+BASELINES = ("zero_shot_start", "bi-encoder", "bm25")   # what every rung must beat: its start and first-stage retrieval
+
+
 def evaluate_all(rungs: dict, judge_version: str, run_id: str, cfg: FlywheelConfig, paths: Paths) -> dict:
+    """BM25, the bi-encoder, the judge and every rung of ``rungs`` (the ladder's untrained start under
+    ``zero_shot_start``) on the golden test split; each trained rung with its gain over the best baseline."""
     test = load_golden(cfg.resolve(cfg.golden)).pairs("test")
     systems: dict[str, dict] = {}
     ret = retriever(paths)
@@ -123,6 +128,11 @@ def evaluate_all(rungs: dict, judge_version: str, run_id: str, cfg: FlywheelConf
     systems["judge"] = {"ndcg@10": ndcg_at_10(test[ok], j.grade[ok].astype(float) + 1e-3 * j.score[ok].fillna(0)),
                         "n_params": None}
     systems |= evaluate_rungs(rungs, test, paths)
+    baselines = [b for b in BASELINES if b in systems]
+    best = max(baselines, key=lambda b: systems[b]["ndcg@10"])
+    for name in rungs:
+        if name not in BASELINES:
+            systems[name]["gain_over_best_baseline"] = round(systems[name]["ndcg@10"] - systems[best]["ndcg@10"], 4)
     write_results(run_id, systems, paths)
     return {"run_id": run_id, "test_queries": int(test.query_id.nunique()), "test_pairs": int(len(test)),
-            "systems": systems}
+            "systems": systems, "baselines": baselines, "best_baseline": best}

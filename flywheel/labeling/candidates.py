@@ -1,5 +1,6 @@
 """Flow stage 3, first half: today's candidates for every non-test query — BM25 ∪ bi-encoder ∪ random documents — graded by a
-cheap pre-judge and stratified by that grade, so labels cover the whole scale rather than only the top hits."""
+cheap pre-judge and stratified by that grade, so labels cover the whole scale rather than only the top hits.
+With ``retrieval.pseudo_queries``, pseudo-queries made from the documents join the day's queries first."""
 
 from __future__ import annotations
 
@@ -18,10 +19,11 @@ from flywheel.settings import Paths
 
 def retrieve_candidates(date: str, cfg: FlywheelConfig, paths: Paths) -> dict:
     lk = open_lake(paths)
+    r = cfg.retrieval
+    pseudo = add_pseudo_queries(r.pseudo_queries, cfg.seed, lk) if r.pseudo_queries else None
     queries = lk.read("queries")
     queries = queries[queries.split.fillna("") != "test"].sort_values("query_id")
     ret = retriever(paths)
-    r = cfg.retrieval
     if r.per_grade:
         pool = ret.candidates(queries, r.pool_depth, r.pool_depth, r.n_random, seed=cfg.seed)
         pool["predicted_grade"] = predict_grades(pool, queries, cfg, paths)
@@ -36,7 +38,24 @@ def retrieve_candidates(date: str, cfg: FlywheelConfig, paths: Paths) -> dict:
     by = cands.retrieved_by.value_counts().to_dict()
     pg = {int(k): int(v) for k, v in cands.predicted_grade.dropna().value_counts().sort_index().items()}
     return {"date": date, "queries": int(len(queries)), "candidates": int(len(cands)), "retrieved_by": by,
-            "predicted_grades": pg, "fingerprint": lk.fingerprint("candidates", date)}
+            "predicted_grades": pg, "fingerprint": lk.fingerprint("candidates", date),
+            **({"pseudo_queries": pseudo} if pseudo else {})}
+
+
+def add_pseudo_queries(n: int, seed: int, lk) -> dict:
+    """Write ``n`` pseudo-queries (:func:`flywheel.data.pseudo.pseudo_queries`, never a golden query's text) into
+    the lake's queries table (source ``pseudo:title`` / ``pseudo:text``, no split), where the day's candidate
+    retrieval and the judge find them; the same ones every day for a corpus and seed. Returns what was asked and
+    made, and why fewer."""
+    from flywheel.data.pseudo import pseudo_queries, shortfall
+
+    docs, queries = lk.read("documents"), lk.read("queries")
+    queries = queries[~queries.query_id.str.startswith("pseudo:")]
+    made = pseudo_queries(docs, queries, n, seed)
+    if len(made):
+        lk.write("queries", pd.DataFrame({"query_id": made.query_id, "text": made.text, "domain": None,
+                                          "source": "pseudo:" + made.method, "split": None}))
+    return shortfall(n, made, docs)
 
 
 def predict_grades(pool: pd.DataFrame, queries: pd.DataFrame, cfg: FlywheelConfig, paths: Paths) -> np.ndarray:

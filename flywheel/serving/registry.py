@@ -69,11 +69,22 @@ class PromotionDecision:
 
 
 def promotion_decision(challenger_ndcg: float, teacher_ndcg: float, champion_ndcg: float | None,
-                       min_ndcg: float, min_ratio_to_teacher: float, tolerance: float) -> PromotionDecision:
-    """Pure gate: promote the challenger only if it is good in absolute terms, close enough to the teacher,
-    and not worse than the current champion (beyond a tolerance)."""
+                       min_ndcg: float, min_ratio_to_teacher: float, tolerance: float,
+                       baselines: dict[str, float] | None = None,
+                       min_gain_over_baseline: float = 0.0) -> PromotionDecision:
+    """Pure gate: promote the challenger only if it is good in absolute terms, beats the best of ``baselines``
+    (name -> NDCG@10 on the same test split: the ladder's zero-shot start, the bi-encoder, BM25) by
+    ``min_gain_over_baseline``, is close enough to the teacher, and is not worse than the current champion
+    (beyond a tolerance)."""
     if challenger_ndcg < min_ndcg:
         return PromotionDecision(False, f"NDCG@10 {challenger_ndcg:.4f} < minimum {min_ndcg:.4f}")
+    if baselines:
+        best = max(baselines, key=baselines.get)
+        if challenger_ndcg < baselines[best] + min_gain_over_baseline:
+            return PromotionDecision(False, f"NDCG@10 {challenger_ndcg:.4f} does not beat the best baseline, "
+                                            f"{best} at {baselines[best]:.4f}, by promotion.min_gain_over_baseline "
+                                            f"{min_gain_over_baseline:+.4f}: shipping it would make ranking worse "
+                                            "than what the ladder started from")
     if teacher_ndcg > 0 and challenger_ndcg < min_ratio_to_teacher * teacher_ndcg:
         return PromotionDecision(False, f"NDCG@10 {challenger_ndcg:.4f} < {min_ratio_to_teacher:.0%} of the "
                                         f"teacher's {teacher_ndcg:.4f}")
@@ -145,10 +156,11 @@ def log_calibration(summary: dict, paths: Paths) -> str:
 
 
 def promote_challenger(name: str, challenger_version: str, challenger_ndcg: float, teacher_ndcg: float,
-                       promotion, paths: Paths) -> dict:
+                       promotion, paths: Paths, baselines: dict[str, float] | None = None) -> dict:
     """Apply :func:`promotion_decision` against the current champion and move the alias if it says so.
 
-    ``promotion`` is a :class:`flywheel.config.PromotionConfig`. Idempotent: promoting the version that already
+    ``promotion`` is a :class:`flywheel.config.PromotionConfig`; ``baselines`` as in :func:`promotion_decision`.
+    Idempotent: promoting the version that already
     holds ``champion`` changes nothing. The replaced champion is remembered for :func:`rollback`.
     """
     from mlflow import MlflowClient
@@ -160,7 +172,8 @@ def promote_challenger(name: str, challenger_version: str, challenger_ndcg: floa
                 "champion": str(champ.version), "challenger": str(challenger_version)}
     champ_ndcg = float(champ.tags["ndcg_at_10"]) if champ is not None else None
     decision = promotion_decision(challenger_ndcg, teacher_ndcg, champ_ndcg, promotion.min_ndcg,
-                                  promotion.min_ratio_to_teacher, promotion.tolerance_vs_champion)
+                                  promotion.min_ratio_to_teacher, promotion.tolerance_vs_champion, baselines,
+                                  promotion.min_gain_over_baseline)
     if decision.promote:
         if champ is not None:
             MlflowClient().set_model_version_tag(name, challenger_version, "previous_champion", str(champ.version))

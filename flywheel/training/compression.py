@@ -36,7 +36,7 @@ def compress_student(parent: dict, form: str, size: int, judge_version: str, cfg
     import torch
 
     from flywheel.judge.policy import load_policy
-    from flywheel.training.ladder import _save_atomic, _summary, distillation_pairs
+    from flywheel.training.ladder import _save_atomic, _summary, distillation_pairs, judge_ndcg, validation_queries
     from models.ranker import load_ranker
     from models.train import TrainConfig, train_ranker
 
@@ -69,16 +69,15 @@ def compress_student(parent: dict, form: str, size: int, judge_version: str, cfg
         fit_r2 = model.fit_projection(torch.as_tensor(emb), targets)
         row = dict(zip(docs.doc_hash, emb))             # every distillation document is in the corpus
         pairs["doc_emb"] = [row[h] for h in pairs.doc_hash]
-    val_q = {q for q in pairs.query_id.unique()
-             if int(sha256_text("val", str(cfg.seed), q)[:8], 16) / 0xFFFFFFFF < cc.val_share}
+    val_q = validation_queries(pairs.query_id, cc.val_share, cfg.seed)
     train, val = pairs[~pairs.query_id.isin(val_q)], pairs[pairs.query_id.isin(val_q)]
-    history = [_agreement(model, tok, contract, val)]
+    history = [judge_ndcg(model, tok, contract, val)]
     best, best_state, losses = history[0], copy.deepcopy(model.state_dict()), []
     for epoch in range(cc.epochs):
         losses += train_ranker(model, tok, contract, train, "teacher_score", "distill",
                                TrainConfig(epochs=1, lr=cc.lr, batch_size=cfg.ladder.batch_size,
-                                           seed=cfg.seed + epoch, new_params_lr=cc.projection_lr), progress)
-        history.append(_agreement(model, tok, contract, val))
+                                           seed=cfg.seed + epoch, new_params_lr=cc.projection_lr), progress).losses
+        history.append(judge_ndcg(model, tok, contract, val))
         if history[-1] >= best + cc.min_val_gain:
             best, best_state = history[-1], copy.deepcopy(model.state_dict())
     model.load_state_dict(best_state)
@@ -87,19 +86,6 @@ def compress_student(parent: dict, form: str, size: int, judge_version: str, cfg
                     train_pairs=int(len(train)), val_queries=len(val_q), compression={"form": form, "size": int(size)},
                     val_ndcg_by_epoch=[round(v, 4) for v in history], kept_epoch=history.index(best),
                     **({"projection_fit_r2": round(fit_r2, 4)} if fit_r2 is not None else {}))
-
-
-def _agreement(model, tok, contract, pairs: pd.DataFrame) -> float:
-    """NDCG@10 of ``model``'s scores against the judge's grades, on the labelled pairs of ``pairs``."""
-    from flywheel.metrics import ndcg_at_10
-    from models.ranker import score_pairs
-
-    pairs = pairs[pairs.grade.notna()]
-    if pairs.empty:
-        return 0.0
-    kw = {"doc_emb": np.stack(pairs.doc_emb.to_numpy())} if "doc_emb" in pairs else {}
-    s = score_pairs(model, tok, contract, pairs["query"].tolist(), pairs.title.tolist(), pairs.text.tolist(), **kw)
-    return float(ndcg_at_10(pairs, s, grade_col="grade"))
 
 
 def length_curve(student: dict, uncompressed: dict, test: pd.DataFrame, budgets: list[int]) -> list[dict]:

@@ -19,6 +19,7 @@ import pandas as pd
 
 from flywheel.config import FlywheelConfig, RungConfig
 from flywheel.data.lake import open_lake, sha256_text
+from flywheel.data.pseudo import pseudo_queries, shortfall
 from flywheel.retrieval.hybrid import retriever
 from flywheel.settings import Paths
 
@@ -141,26 +142,111 @@ def _summary(ckpt: Path, losses: list[float], seconds: float, **extra) -> dict:
             "train_seconds": round(seconds, 1), **extra}
 
 
-def train_teacher(judge_version: str, labels_fingerprint: str, cfg: FlywheelConfig, paths: Paths, progress=None) -> dict:
-    from flywheel.labeling.daily import training_pairs
-    from models.train import TrainConfig, train_ranker
+def validation_queries(query_ids, share: float, seed: int) -> set[str]:
+    """The seeded validation fold: each query whose hash of (seed, query) falls under ``share``. The same queries
+    for every rung of a run (and the compressed students), so none of them trains on a query another validates on."""
+    return {q for q in pd.unique(pd.Series(query_ids)) if int(sha256_text("val", str(seed), q)[:8], 16) / 0xFFFFFFFF < share}
 
-    rung = cfg.ladder.rungs[0]
+
+def judge_ndcg(model, tok, contract, pairs: pd.DataFrame) -> float:
+    """NDCG@10 of ``model``'s scores against the judge's grades, on the labelled pairs of ``pairs`` (soft-token
+    rankers read ``doc_emb``)."""
+    import numpy as np
+
+    from flywheel.metrics import ndcg_at_10
+    from models.ranker import score_pairs
+
+    pairs = pairs[pairs.grade.notna()]
+    if pairs.empty:
+        return 0.0
+    kw = {"doc_emb": np.stack(pairs.doc_emb.to_numpy())} if "doc_emb" in pairs else {}
+    s = score_pairs(model, tok, contract, pairs["query"].tolist(), pairs.title.tolist(), pairs.text.tolist(), **kw)
+    return float(ndcg_at_10(pairs, s, grade_col="grade"))
+
+
+def split_validation(pairs: pd.DataFrame, cfg: FlywheelConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(train, validation): the validation fold's labelled queries (``ladder.validation_share``, seeded) with
+    every row of theirs — labelled, retrieval pool or not — kept out of training. Drawn among real (not pseudo)
+    queries when there are 4 or more; unlabelled queries always train. Empty validation when the share is 0 or
+    fewer than 4 labelled queries."""
+    lc = cfg.ladder
+    labelled = pairs.query_id[pairs.grade.notna()] if "grade" in pairs else pairs.query_id
+    real = labelled[~labelled.str.startswith("pseudo:")]
+    labelled = real if real.nunique() >= 4 else labelled     # validate on real queries where there are enough
+    if not lc.validation_share or labelled.nunique() < 4:
+        return pairs, pairs.iloc[:0]
+    val_q = validation_queries(labelled, lc.validation_share, cfg.seed)
+    if len(val_q) in (0, labelled.nunique()):
+        return pairs, pairs.iloc[:0]
+    m = pairs.query_id.isin(val_q)
+    return pairs[~m], pairs[m & pairs.grade.notna()] if "grade" in pairs else pairs[m]
+
+
+def train_validated(model, tok, contract, train: pd.DataFrame, val: pd.DataFrame, target: str, mode: str,
+                    tc, cfg: FlywheelConfig, progress=None, **kw) -> tuple[list[float], dict]:
+    """:func:`models.train.train_ranker` with early stopping on ``val`` (NDCG@10 against the judge's labels), and
+    the figures the summary reports: what was kept, and why when it is the starting point."""
+    from models.train import train_ranker
+
+    validate = (lambda m: judge_ndcg(m, tok, contract, val)) if len(val) else None
+    tc.eval_every, tc.patience = cfg.ladder.eval_every, cfg.ladder.patience
+    res = train_ranker(model, tok, contract, train, target, mode, tc, progress, validate=validate, **kw)
+    v = res.summary() | {"queries": int(val.query_id.nunique()), "pairs": int(len(val))}
+    if res.kept == "start":
+        v["note"] = (f"no trained state beat the starting point on the validation fold (NDCG@10 "
+                     f"{res.start_score:.4f}, best trained {max(x for s, x in res.history[1:]) if len(res.history) > 1 else float('nan'):.4f}): "
+                     "the rung returns its starting point")
+    elif res.kept == "last":
+        v["note"] = "no validation fold (ladder.validation_share is 0 or too few labelled queries): last state kept"
+    return res.losses, v
+
+
+def teacher_targets(pairs: pd.DataFrame, max_grade: int, target: str) -> pd.Series:
+    """The teacher's soft targets in [0, 1]: the judge's continuous score (its expected grade) where the backend
+    gives one and ``target`` is "score", else the grade; divided by the top grade."""
+    g = pairs.grade.astype(float)
+    if target == "score" and "score" in pairs:
+        g = pairs.score.astype(float).clip(0, max_grade).fillna(g)
+    return g / max_grade
+
+
+def train_teacher(judge_version: str, labels_fingerprint: str, cfg: FlywheelConfig, paths: Paths, progress=None) -> dict:
+    """The teacher on the judge's labels, validated on a held-out fold of labelled queries; also saves its
+    untrained starting point (``start`` in the summary), the zero-shot baseline every rung is reported beside."""
+    from flywheel.judge.policy import load_policy
+    from flywheel.labeling.daily import training_pairs
+    from models.train import TrainConfig
+
+    rung, lc = cfg.ladder.rungs[0], cfg.ladder
     pairs = training_pairs(judge_version, paths)
     if pairs.empty:
         raise ValueError(f"no usable labels for judge {judge_version}: label candidates first")
-    from flywheel.judge.policy import load_policy
-
-    pairs["target"] = pairs.grade.astype(float) / load_policy(cfg.resolve(cfg.policy)).max_grade
-    key = sha256_text(judge_version, labels_fingerprint, rung.model_dump_json(), str(cfg.ladder.batch_size))[:12]
+    pairs["target"] = teacher_targets(pairs, load_policy(cfg.resolve(cfg.policy)).max_grade, lc.teacher_target)
+    key = sha256_text(judge_version, labels_fingerprint, rung.model_dump_json(), str(lc.batch_size),
+                      *_validation_key(lc))[:12]
     out = paths.models / "ladder" / f"teacher-{key}"
     t = time.time()
     model, tok, contract = build_rung(rung, paths, cfg.seed)
-    losses = train_ranker(model, tok, contract, pairs, "target", "labels",
-                          TrainConfig(epochs=rung.epochs, lr=rung.lr, batch_size=cfg.ladder.batch_size, seed=cfg.seed),
-                          progress)
+    start_key = sha256_text(rung.model_dump_json(), str(cfg.seed), open_lake(paths).fingerprint("documents"))[:12]
+    start = paths.models / "ladder" / f"start-{start_key}"
+    if not (start / "model.safetensors").exists():
+        _save_atomic(model, tok, contract, start)
+    train, val = split_validation(pairs, cfg)
+    losses, validation = train_validated(model, tok, contract, train, val, "target", "labels",
+                                         TrainConfig(epochs=rung.epochs, lr=rung.lr, batch_size=lc.batch_size,
+                                                     seed=cfg.seed, ranknet_weight=lc.teacher_ranknet_weight),
+                                         cfg, progress)
     _save_atomic(model, tok, contract, out)
-    return _summary(out, losses, time.time() - t, rung="teacher", train_pairs=int(len(pairs)))
+    return _summary(out, losses, time.time() - t, rung="teacher", pairs=int(len(pairs)), train_pairs=int(len(train)),
+                    train_queries=int(train.query_id.nunique()), target=lc.teacher_target, validation=validation,
+                    start=_summary(start, [], 0.0, rung="zero_shot_start"))
+
+
+def _validation_key(lc) -> list[str]:
+    """Cache-key parts of the validation and target settings (none at their pre-validation values)."""
+    return ([f"val{lc.validation_share}:{lc.eval_every}:{lc.patience}"] if lc.validation_share else []) + \
+        ([f"target-{lc.teacher_target}"] if lc.teacher_target != "grade" else []) + \
+        ([f"ranknet{lc.teacher_ranknet_weight}"] if lc.teacher_ranknet_weight else [])
 
 
 def teacher_scores(parent: dict, judge_version: str, paths: Paths) -> pd.DataFrame:
@@ -175,20 +261,7 @@ def _distillation_key(lc) -> list[str]:
     checkpoints made before they existed keep their keys)."""
     return ([f"pool{lc.pool_per_query}"] if lc.pool_per_query else []) + \
         ([f"listwise{lc.listwise_weight}"] if lc.listwise_weight else []) + \
-        ([f"pseudo{lc.pseudo_queries}"] if lc.pseudo_queries else [])
-
-
-def pseudo_queries(documents: pd.DataFrame, queries: pd.DataFrame, n: int, seed: int = 0) -> pd.DataFrame:
-    """Up to ``n`` documents' titles as unlabelled queries (query_id ``pseudo:<doc_id>``, text) for distillation,
-    where no query log is at hand: a title is the kind of short text people search with, and the parent's
-    scores on its retrieval pool need no label. Never a title equal (case-insensitively) to any query in
-    ``queries``: the golden test queries stay unseen by every rung, and labelled queries are there already."""
-    known = set(queries.text.astype(str).str.strip().str.lower())
-    title = documents.title.fillna("").astype(str).str.strip()
-    ok = documents.assign(_t=title, _k=title.str.lower())
-    ok = ok[(ok._t.str.len() > 0) & ~ok._k.isin(known)].drop_duplicates("_k")
-    pick = ok.sample(min(n, len(ok)), random_state=seed).sort_values("doc_id")
-    return pd.DataFrame({"query_id": "pseudo:" + pick.doc_id.astype(str), "text": pick._t}).reset_index(drop=True)
+        ([f"pseudo{lc.pseudo_queries}"] if lc.pseudo_queries else []) + _validation_key(lc)
 
 
 def distillation_pairs(parent: dict, judge_version: str, pool_per_query: int, cfg: FlywheelConfig,
@@ -197,19 +270,22 @@ def distillation_pairs(parent: dict, judge_version: str, pool_per_query: int, cf
     pool and a few random documents (unlabelled: the parent's scores are the only targets there), with
     ``parent``'s score on each (stored, so every student of the same parent reuses them). Score-level distillation
     needs no labels, so the pool gives the smaller rungs many more targets than the judge labelled. With
-    ``ladder.pseudo_queries`` > 0, that many documents' titles join the training queries
-    (:func:`pseudo_queries`), each with its own pool: more queries, not only more documents per query."""
+    ``ladder.pseudo_queries`` > 0, that many pseudo-queries (titles, or leading sentences where documents have no
+    title: :func:`flywheel.data.pseudo.pseudo_queries`) join the training queries, each with its own pool: more
+    queries, not only more documents per query; how many were made, and why fewer, is in ``attrs``."""
     from flywheel.labeling.daily import training_pairs
 
     cols = ["query_id", "doc_id", "doc_hash", "query", "title", "text"]
     pairs = training_pairs(judge_version, paths)[cols + ["grade"]]
+    pseudo = None
     if k := pool_per_query:
         lk = open_lake(paths)
         documents = lk.read("documents")
         queries = pairs[["query_id", "query"]].drop_duplicates("query_id").rename(columns={"query": "text"})
-        if cfg.ladder.pseudo_queries:
-            queries = pd.concat([queries, pseudo_queries(documents, lk.read("queries"), cfg.ladder.pseudo_queries,
-                                                         cfg.seed)], ignore_index=True)
+        if n := cfg.ladder.pseudo_queries:
+            made = pseudo_queries(documents, lk.read("queries"), n, cfg.seed)
+            pseudo = shortfall(n, made, documents)
+            queries = pd.concat([queries, made[["query_id", "text"]]], ignore_index=True)
         pool = retriever(paths).candidates(queries, k_bm25=k // 2, k_dense=k // 2, n_random=k // 4,
                                                    seed=cfg.seed)
         docs = documents[["doc_id", "title", "text"]]
@@ -217,7 +293,10 @@ def distillation_pairs(parent: dict, judge_version: str, pool_per_query: int, cf
             queries.rename(columns={"text": "query"}), on="query_id").merge(docs, on="doc_id")
         pairs = pd.concat([pairs, pool[cols]]).drop_duplicates(["query_id", "doc_hash"])
     pairs = pairs.sort_values(["query_id", "doc_id"]).reset_index(drop=True)
-    return stored_scores(parent, pairs, paths)
+    out = stored_scores(parent, pairs, paths)
+    if pseudo:
+        out.attrs["pseudo_queries"] = pseudo
+    return out
 
 
 def stored_scores(parent: dict, pairs: pd.DataFrame, paths: Paths) -> pd.DataFrame:
@@ -284,9 +363,11 @@ def train_engagement_teacher(events_fingerprint: str, cfg: FlywheelConfig, paths
     out = paths.models / "ladder" / f"engagement-{key}"
     t = time.time()
     model, tok, contract = build_rung(rung, paths, cfg.seed)
+    # No validation fold here: engagement is a second signal, not the judge's, so its best state is not the one
+    # that agrees best with the judge's labels; the students it teaches are validated.
     losses = train_ranker(model, tok, contract, pairs, "engagement", "labels",
                           TrainConfig(epochs=cfg.engagement.epochs, lr=rung.lr, batch_size=cfg.ladder.batch_size,
-                                      seed=cfg.seed), progress)
+                                      seed=cfg.seed), progress).losses
     _save_atomic(model, tok, contract, out)
     return _summary(out, losses, time.time() - t, rung="engagement", train_pairs=int(len(pairs)),
                     simulated=bool(events.simulated.any()))
@@ -296,11 +377,13 @@ def distil(rung_name: str, parent: dict, judge_version: str, cfg: FlywheelConfig
            engagement: dict | None = None) -> dict:
     """Distil ``rung_name`` from ``parent``'s stored scores; with ``engagement`` (a trained engagement teacher),
     multi-teacher: + ``cfg.engagement.weight`` × MSE to the engagement teacher's scores (mapped onto the
-    relevance teacher's scale), counted only on pairs where engagement was observed."""
-    from models.train import TrainConfig, train_ranker
+    relevance teacher's scale), counted only on pairs where engagement was observed. Validated like every rung
+    (:func:`split_validation`): the validation fold's queries train nothing."""
+    from models.train import TrainConfig
 
     rung = next(r for r in cfg.ladder.rungs if r.name == rung_name)
     pairs = distillation_pairs(parent, judge_version, cfg.ladder.pool_per_query, cfg, paths)
+    pseudo = pairs.attrs.get("pseudo_queries")
     aux = {}
     if engagement is not None and cfg.engagement.weight > 0:
         from flywheel.data.engagement import engagement_targets
@@ -322,18 +405,19 @@ def distil(rung_name: str, parent: dict, judge_version: str, cfg: FlywheelConfig
     out = paths.models / "ladder" / f"{rung_name}-{key}"
     t = time.time()
     model, tok, contract = build_rung(rung, paths, cfg.seed, parent=parent)
-    losses = train_ranker(model, tok, contract, pairs, "teacher_score", "distill",
-                          TrainConfig(epochs=rung.epochs, lr=rung.lr * 2, batch_size=cfg.ladder.batch_size,
-                                      seed=cfg.seed, aux_weight=cfg.engagement.weight if aux else 0.0,
-                                      listwise_weight=cfg.ladder.listwise_weight),
-                          progress, **aux)
+    train, val = split_validation(pairs, cfg)
+    losses, validation = train_validated(
+        model, tok, contract, train, val, "teacher_score", "distill",
+        TrainConfig(epochs=rung.epochs, lr=rung.lr * 2, batch_size=cfg.ladder.batch_size, seed=cfg.seed,
+                    aux_weight=cfg.engagement.weight if aux else 0.0, listwise_weight=cfg.ladder.listwise_weight),
+        cfg, progress, **aux)
     _save_atomic(model, tok, contract, out)
-    extra = {}
+    extra = {"validation": validation, **({"pseudo_queries": pseudo} if pseudo else {})}
     if aux:
-        extra = {"engagement_teacher": engagement["model_version"], "engagement_weight": cfg.engagement.weight,
+        extra |= {"engagement_teacher": engagement["model_version"], "engagement_weight": cfg.engagement.weight,
                  "engagement_observed_share": round(float(pairs.engagement_mask.mean()), 4)}
     return _summary(out, losses, time.time() - t, rung=rung_name, parent=parent["model_version"],
-                    train_pairs=int(len(pairs)), **extra)
+                    pairs=int(len(pairs)), train_pairs=int(len(train)), **extra)
 
 
 def prune_student(student: dict, judge_version: str, cfg: FlywheelConfig, paths: Paths, progress=None,
@@ -343,7 +427,7 @@ def prune_student(student: dict, judge_version: str, cfg: FlywheelConfig, paths:
     student. ``mlp_keep`` overrides ``ladder.prune_mlp_keep`` (the points of the size-versus-NDCG curve)."""
     from models.prune import block_influence, prune_layers
     from models.ranker import load_ranker
-    from models.train import TrainConfig, train_ranker
+    from models.train import TrainConfig
 
     pairs = distillation_pairs(student, judge_version, cfg.ladder.pool_per_query, cfg, paths)
     lc = cfg.ladder if mlp_keep is None else cfg.ladder.model_copy(update={"prune_mlp_keep": mlp_keep})
@@ -363,12 +447,15 @@ def prune_student(student: dict, judge_version: str, cfg: FlywheelConfig, paths:
 
         imp = width_importance(model, tok, contract, calib["query"].tolist(), calib.title.tolist(), calib.text.tolist())
         width = prune_width(model, imp, lc.prune_mlp_keep, lc.prune_kv_groups_keep)
-    losses = train_ranker(model, tok, contract, pairs, "teacher_score", "distill",
-                          TrainConfig(epochs=cfg.ladder.recovery_epochs, lr=1e-4, batch_size=cfg.ladder.batch_size,
-                                      seed=cfg.seed, listwise_weight=cfg.ladder.listwise_weight), progress)
+    train, val = split_validation(pairs, cfg)
+    losses, validation = train_validated(
+        model, tok, contract, train, val, "teacher_score", "distill",
+        TrainConfig(epochs=cfg.ladder.recovery_epochs, lr=1e-4, batch_size=cfg.ladder.batch_size, seed=cfg.seed,
+                    listwise_weight=cfg.ladder.listwise_weight), cfg, progress)
     _save_atomic(model, tok, contract, out)
     return _summary(out, losses, time.time() - t, rung=name, parent=student["model_version"], mlp_keep=lc.prune_mlp_keep,
-                    block_influence=[round(v, 4) for v in influence], kept_layers=keep, width=width)
+                    block_influence=[round(v, 4) for v in influence], kept_layers=keep, width=width,
+                    validation=validation)
 
 
 def accept_pruned(student: dict, pruned: dict, min_ratio: float = 0.98) -> dict:

@@ -162,7 +162,7 @@ def test_tiny_decoder_learns_to_rank_a_toy_task(tiny):
 
     before = ndcg(model)
     losses = train_ranker(model, tok, contract, train, "target", "labels",
-                          TrainConfig(epochs=6, lr=3e-3, batch_size=24, seed=0, ranknet_weight=1.0))
+                          TrainConfig(epochs=6, lr=3e-3, batch_size=24, seed=0, ranknet_weight=1.0)).losses
     after = ndcg(model)
     rng = np.random.default_rng(0)
     chance = np.mean([ndcg_at_10(test, rng.random(len(test)), "target") for _ in range(20)])

@@ -52,7 +52,7 @@ def test_decoder_ladder_distils_prunes_registers_and_scores_consistently(monkeyp
 
     stored = lake(paths).read("teacher_scores")
     stored = stored[stored.model_version == teacher["model_version"]]
-    assert len(stored) == teacher["train_pairs"]
+    assert len(stored) == teacher["pairs"]
     scored = []
     real = models.ranker.score_pairs
     monkeypatch.setattr(models.ranker, "score_pairs", lambda *a, **k: scored.append(len(a[3])) or real(*a, **k))

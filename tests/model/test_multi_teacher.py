@@ -74,11 +74,12 @@ def test_engagement_weight_pulls_the_student_towards_the_engagement_teacher():
                                "ladder": cfg.ladder.model_copy(update={"pool_per_query": 8})})
     pooled = ladder.distil("student", teacher, jv, c, paths, engagement=eng)
     labelled = ladder.teacher_scores(teacher, jv, paths)
-    assert pooled["train_pairs"] > multi["train_pairs"] == len(labelled)
+    assert pooled["train_pairs"] > multi["train_pairs"]
+    assert multi["pairs"] == len(labelled) > multi["train_pairs"]           # the validation fold trains nothing
     assert 0 < pooled["engagement_observed_share"] < multi["engagement_observed_share"]
     assert np.isfinite(pooled["loss_last"]) and pooled["model_version"] != multi["model_version"]
     stored = lake(paths).read("teacher_scores")
-    assert len(stored[stored.model_version == teacher["model_version"]]) == pooled["train_pairs"]
+    assert len(stored[stored.model_version == teacher["model_version"]]) == pooled["pairs"]
 
     # pseudo-queries: documents' titles join the training queries, each with its own pool scored by the teacher;
     # none is the text of a golden query (the held-out test queries included)
@@ -87,7 +88,7 @@ def test_engagement_weight_pulls_the_student_towards_the_engagement_teacher():
     pseudo = pairs[pairs.query_id.str.startswith("pseudo:")]
     assert pseudo.query_id.nunique() == 20 and pseudo.grade.isna().all() and pseudo.teacher_score.notna().all()
     assert not set(pseudo["query"].str.lower()) & set(lake(paths).read("queries").text.str.lower())
-    assert len(pairs) - len(pseudo) == pooled["train_pairs"]
+    assert len(pairs) - len(pseudo) == pooled["pairs"]
 
 
 def test_pseudo_queries_never_repeat_a_golden_query_and_are_reproducible():

@@ -43,7 +43,8 @@ def test_training_lowers_the_loss_and_ranks_better_than_its_starting_point(toy):
     contract = ScoringContract(max_length=64)
     args = (toy["query"].tolist(), toy.title.tolist(), toy.text.tolist())
     start = score_pairs(model, tok, contract, *args)
-    losses = train_ranker(model, tok, contract, toy, "target", "labels", TrainConfig(epochs=3, lr=1e-4, batch_size=16))
+    losses = train_ranker(model, tok, contract, toy, "target", "labels",
+                          TrainConfig(epochs=3, lr=1e-4, batch_size=16)).losses
     assert np.mean(losses[-5:]) < np.mean(losses[:5])
     scores = score_pairs(model, tok, contract, *args)
     print(f"NDCG@10 start {ndcg_at_10(toy, start):.4f} trained {ndcg_at_10(toy, scores):.4f}; Spearman start "

@@ -36,6 +36,25 @@ def test_promote_gate_and_rollback(rung):
     assert str(alias_version(name, "champion", paths).version) == v1
 
 
+def test_the_promote_task_never_ships_a_model_below_the_best_baseline(rung):
+    """The flow's promote task, fed an evaluation where the deployable student is below the bi-encoder: no
+    champion, and the reason names the baseline; once it beats every baseline it is promoted."""
+    from flywheel.config import FlywheelConfig
+    from tasks.register import promote
+
+    paths = get_paths()
+    cfg = FlywheelConfig(registered_model="test-baseline-gate", promotion=PromotionConfig(min_ndcg=0.3))
+    v1 = log_ranker(rung, {"ndcg@10": 0.50}, {"judge_version": "j"}, paths, cfg.registered_model)["version"]
+    ev = {"systems": {"teacher": {"ndcg@10": 0.51}, "student": {"ndcg@10": 0.50}, "bm25": {"ndcg@10": 0.33},
+                      "bi-encoder": {"ndcg@10": 0.50}, "zero_shot_start": {"ndcg@10": 0.52}},
+          "baselines": ["zero_shot_start", "bi-encoder", "bm25"]}
+    out = promote.fn({"student": {"version": v1}}, ev, cfg, "student")
+    assert not out["promoted"] and out["champion"] is None and "zero_shot_start" in out["reason"]
+    assert alias_version(cfg.registered_model, "champion", paths) is None
+    ev["systems"]["student"]["ndcg@10"] = 0.53
+    assert promote.fn({"student": {"version": v1}}, ev, cfg, "student")["champion"] == v1
+
+
 def test_registered_model_scores_like_the_checkpoint(rung):
     import mlflow.pyfunc
     import pandas as pd

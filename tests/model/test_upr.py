@@ -80,7 +80,8 @@ def test_gemma_rung_trains_saves_and_reloads_with_the_same_scores(home, golden, 
     model, tok, contract = build_rung(rung, paths)
     pairs = golden.pairs("calibration").head(8).assign(target=lambda d: d.aggregated_grade / 3.0)
     emb = model.lm.get_input_embeddings().weight[:4].detach().clone()
-    losses = train_ranker(model, tok, contract, pairs, "target", "labels", TrainConfig(epochs=1, lr=1e-5, batch_size=4))
+    losses = train_ranker(model, tok, contract, pairs, "target", "labels",
+                          TrainConfig(epochs=1, lr=1e-5, batch_size=4)).losses
     assert len(losses) == 2 and np.isfinite(losses).all()
     assert torch.equal(model.lm.get_input_embeddings().weight[:4], emb)
     save_ranker(model, tok, contract, tmp_path / "t")

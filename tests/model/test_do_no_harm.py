@@ -1,0 +1,118 @@
+"""Do no harm: a rung validated on held-out queries ends on its best state, and on its starting point when
+training only makes it worse; the validation fold is seeded, by query, and the same for every rung."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from flywheel.metrics import ndcg_at_10
+from models.cross_encoder import build_cross_encoder
+from models.ranker import ScoringContract, score_pairs
+from models.train import TrainConfig, train_ranker
+
+
+@pytest.fixture(scope="module")
+def toy():
+    from flywheel.data.golden import load_golden
+
+    p = load_golden().pairs("calibration")
+    qs = sorted(p.query_id.unique())
+    p = p[p.query_id.isin(qs[:24])].reset_index(drop=True)
+    p["target"] = p.aggregated_grade / 3.0
+    p["grade"] = p.aggregated_grade.round()
+    return p
+
+
+def _split(p):
+    qs = sorted(p.query_id.unique())
+    return p[p.query_id.isin(qs[:16])], p[p.query_id.isin(qs[16:])]
+
+
+def _ndcg(model, tok, contract, pairs):
+    s = score_pairs(model, tok, contract, pairs["query"].tolist(), pairs.title.tolist(), pairs.text.tolist())
+    return ndcg_at_10(pairs, s, grade_col="grade")
+
+
+def test_training_on_inverted_labels_returns_the_starting_point_exactly(toy):
+    """Targets that reward the wrong documents: every trained state ranks the held-out queries worse than the
+    pretrained start, so the loop must hand back the start — weights bit for bit — and say so."""
+    train, val = _split(toy)
+    model, tok = build_cross_encoder([0, 1], seed=0)
+    contract = ScoringContract(max_length=64)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    start_ndcg = _ndcg(model, tok, contract, val)
+    bad = train.assign(target=1.0 - train.target)
+    res = train_ranker(model, tok, contract, bad, "target", "labels",
+                       TrainConfig(epochs=3, lr=3e-3, batch_size=16, eval_every=4, warmup_frac=0.0),
+                       validate=lambda m: _ndcg(m, tok, contract, val))
+    trained = [v for s, v in res.history[1:]]
+    print(f"start {start_ndcg:.4f}, trained states {[round(v, 4) for v in trained]}")
+    assert res.history[0] == (0, pytest.approx(start_ndcg))
+    assert max(trained) < start_ndcg                    # training really did harm
+    assert res.kept == "start" and res.best_step == 0
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in start.items())
+    assert _ndcg(model, tok, contract, val) == pytest.approx(start_ndcg)
+    assert res.summary()["kept"] == "start" and len(res.summary()["validation_curve"]) == len(res.history)
+
+
+def test_the_best_validated_state_is_kept_and_patience_stops_early(toy):
+    train, val = _split(toy)
+    model, tok = build_cross_encoder([0, 1], seed=0)
+    contract = ScoringContract(max_length=64)
+    seen = []
+
+    def validate(m):
+        v = _ndcg(m, tok, contract, val)
+        seen.append({k: t.clone() for k, t in m.state_dict().items()})
+        return v
+
+    res = train_ranker(model, tok, contract, train, "target", "labels",
+                       TrainConfig(epochs=4, lr=1e-4, batch_size=16, eval_every=3, patience=2), validate=validate)
+    best = max(v for _, v in res.history)
+    assert res.best_score == best and res.kept in {"best", "start"}
+    i = [s for s, _ in res.history].index(res.best_step)
+    assert all(torch.equal(t, model.state_dict()[k]) for k, t in seen[i].items())   # ends on that very state
+    after_best = [v for s, v in res.history if s > res.best_step]
+    if res.stopped_early:
+        assert len(after_best) == 2 and all(v <= best + 1e-4 for v in after_best)
+    steps_per_epoch = int(np.ceil(len(train) / 16))
+    assert res.stopped_early == (len(res.losses) < 4 * steps_per_epoch)
+
+
+def test_without_validation_the_last_state_is_kept(toy):
+    model, tok = build_cross_encoder([0], seed=0)
+    res = train_ranker(model, tok, ScoringContract(max_length=64), toy.head(32), "target", "labels",
+                       TrainConfig(epochs=1, lr=1e-4, batch_size=16))
+    assert res.kept == "last" and res.history == [] and len(res.losses) == 2
+
+
+def test_validation_fold_is_seeded_by_query_and_never_trains():
+    from flywheel.config import FlywheelConfig
+    from flywheel.training.ladder import split_validation, validation_queries
+
+    qs = [f"q{i}" for i in range(60)] + [f"pseudo:d{i}" for i in range(40)]
+    pairs = pd.DataFrame({"query_id": np.repeat(qs, 3), "grade": 1.0})
+    pairs.loc[pairs.query_id.str.startswith("pseudo:d3"), "grade"] = np.nan      # some unlabelled pool rows
+    cfg = FlywheelConfig()
+    train, val = split_validation(pairs, cfg)
+    assert not set(train.query_id) & set(val.query_id)
+    assert val.grade.notna().all() and not val.query_id.str.startswith("pseudo:").any()   # real queries validate
+    assert 0.1 < val.query_id.nunique() / 60 < 0.3                                       # share 0.2
+    assert len(train) + len(val) == len(pairs)
+    again, _ = split_validation(pairs.sample(frac=1, random_state=3), cfg)
+    assert set(again.query_id) == set(train.query_id)                                    # order does not matter
+    other = validation_queries(pd.Series(qs[:60]), 0.2, seed=1)
+    assert other != set(val.query_id)                                                    # the seed does
+    off = cfg.model_copy(update={"ladder": cfg.ladder.model_copy(update={"validation_share": 0.0})})
+    t2, v2 = split_validation(pairs, off)
+    assert len(v2) == 0 and len(t2) == len(pairs)
+
+
+def test_teacher_targets_follow_the_judge_score_not_only_its_grade():
+    from flywheel.training.ladder import teacher_targets
+
+    p = pd.DataFrame({"grade": [0, 1, 1, 3, 2], "score": [-0.4, 0.6, 1.4, 3.3, np.nan]})
+    np.testing.assert_allclose(teacher_targets(p, 3, "score"), [0.0, 0.2, 1.4 / 3, 1.0, 2 / 3])
+    np.testing.assert_allclose(teacher_targets(p, 3, "grade"), [0, 1 / 3, 1 / 3, 1, 2 / 3])
+    np.testing.assert_allclose(teacher_targets(p, 4, "score")[3], 3.3 / 4)
