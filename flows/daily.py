@@ -66,6 +66,10 @@ def daily_flywheel(cfg: FlywheelConfig = FlywheelConfig(), date: str | None = No
     student = train.distil("student", mid, cal["judge_version"], cfg, eng)
     clock.record("5 teacher → mid → student", t, " → ".join(
         f"{r['layers']}L/{r['params_non_embedding'] / 1e6:.1f}M" for r in (teacher, mid, student))
+        + "; validation NDCG@10 start → kept: " + ", ".join(
+            f"{r['rung']} {v['validation_start']:.3f} → {v['validation_best']:.3f}"
+            + (" (STARTING POINT KEPT)" if v["kept"] == "start" else "")
+            for r in (teacher, mid, student) if "validation_start" in (v := r.get("validation") or {}))
         + (f"; student also distilled from the engagement teacher ({'SIMULATED' if events['simulated'] else 'real'}"
            f" clicks, weight {cfg.engagement.weight}, observed on {student.get('engagement_observed_share', 0):.0%}"
            " of pairs)" if eng else ""))
@@ -86,8 +90,9 @@ def daily_flywheel(cfg: FlywheelConfig = FlywheelConfig(), date: str | None = No
                            | {"zero_shot_start": teacher["start"]}, cal["judge_version"], cfg)
     acc = evaluate.accept_pruned(ev, cfg)
     deployable = acc["deployable"]
-    clock.record("7 evaluate", t, ", ".join(f"{k} {v['ndcg@10']:.3f}" for k, v in ev["systems"].items())
-                 + f"; pruned student {acc['reason']}")
+    gm = ev.get("gate_metric", "ndcg@10")
+    clock.record("7 evaluate", t, ", ".join(f"{k} {v[gm]:.3f}" for k, v in ev["systems"].items() if gm in v)
+                 + f" ({gm}; best baseline {ev['best_baseline']}); pruned student {acc['reason']}")
 
     comp, comp_rungs = None, None
     if cfg.compression.enabled:
@@ -129,6 +134,8 @@ def daily_flywheel(cfg: FlywheelConfig = FlywheelConfig(), date: str | None = No
                          *(["Engagement logs are SIMULATED by a position-based click model over the human grades "
                             "(flywheel/data/engagement.py); the engagement_teacher row is trained on them."]
                            if events and events.get("simulated") else []),
+                         *[f"{r['rung']}: {r['validation']['note']}" for r in (teacher, mid, student, pruned)
+                           if (r.get("validation") or {}).get("kept") == "start"],
                          f"Home: {paths().home}"]}
     summary["curves_run"] = register.log_curves({k: summary[k] for k in ("date", "rungs", "evaluation", "pruning",
                                                                          "compression")})

@@ -137,6 +137,18 @@ class EngagementConfig(BaseModel):
     epochs: int = Field(2, ge=1)
 
 
+class EvaluationConfig(BaseModel):
+    """How rungs are measured on the golden test split. Always: each test query's judged pool reranked. With
+    ``rerank_depth`` > 0, also the standard rerank protocol: each test query's first-stage top-k (BM25 top-k/2 ∪
+    dense top-k/2, so at most k documents) reranked with unjudged documents counted as not relevant, as TREC
+    reranking runs are scored. ``gate_protocol`` picks the figure the promotion gate reads: "auto" takes the
+    rerank protocol when judged pools are small (fewer than ``small_pool`` judged documents a query on average)."""
+    model_config = ConfigDict(extra="forbid")
+    rerank_depth: int = Field(100, ge=0, le=1000)
+    gate_protocol: Literal["auto", "judged", "rerank"] = "auto"
+    small_pool: int = Field(20, ge=1)
+
+
 class CompressionConfig(BaseModel):
     """Context compression of the deployable student (flywheel.training.compression): distilled students reading
     documents as the policy's fields cut to ``field_budgets`` tokens, or as ``soft_tokens`` vectors projected from
@@ -198,6 +210,7 @@ class FlywheelConfig(BaseModel):
     fanout: FanoutConfig = FanoutConfig()
     engagement: EngagementConfig = EngagementConfig()
     compression: CompressionConfig = CompressionConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
     registered_model: str = "flywheel-ranker"
     serve_port: int = Field(8765, ge=1024, le=65535)
     seed: int = 0

@@ -40,18 +40,21 @@ def promote(registered: dict, evaluation: dict, cfg: FlywheelConfig, deployable:
     """Not cached: the decision depends on the registry's current champion. Compressed students pass the same
     gate (against the baselines, the teacher and their own name's champion), so each can be served by alias."""
     systems = evaluation["systems"]
-    teacher = systems["teacher"]["ndcg@10"]
-    baselines = {b: systems[b]["ndcg@10"] for b in evaluation.get("baselines", []) if b in systems}
+    metric = evaluation.get("gate_metric", "ndcg@10")      # the rerank protocol's figure when judged pools are small
+    teacher = systems["teacher"][metric]
+    baselines = {b: systems[b][metric] for b in evaluation.get("baselines", []) if b in systems}
     out = lib.promote_challenger(cfg.registered_model, registered[deployable]["version"],
-                                 systems[deployable]["ndcg@10"], teacher, cfg.promotion, paths(), baselines)
+                                 systems[deployable][metric], teacher, cfg.promotion, paths(), baselines)
     lines = [f"**{cfg.registered_model}** challenger v{out['challenger']}: "
              f"{'promoted' if out['promoted'] else 'not promoted'} — {out['reason']}. "
              f"Champion is v{out['champion'] or 'none'}."]
     out["compressed"] = {}
     for name, m in ((compression or {}).get("systems") or {}).items():
         reg = registered[name]
-        c = out["compressed"][name] = lib.promote_challenger(reg["name"], reg["version"], m["ndcg@10"], teacher,
-                                                             cfg.promotion, paths(), baselines)
+        # compressed students are measured on the judged pools: gated against the judged-pool figures
+        c = out["compressed"][name] = lib.promote_challenger(
+            reg["name"], reg["version"], m["ndcg@10"], systems["teacher"]["ndcg@10"], cfg.promotion, paths(),
+            {b: systems[b]["ndcg@10"] for b in baselines})
         lines.append(f"**{reg['name']}** v{c['challenger']}: {'promoted' if c['promoted'] else 'not promoted'} — "
                      f"{c['reason']}. Champion is v{c['champion'] or 'none'}.")
     artifact("promotion", "\n\n".join(lines))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from datetime import datetime, timezone
 
+import numpy as np
 import pandas as pd
 
 from flywheel.config import FlywheelConfig
@@ -105,12 +106,67 @@ def evaluate_compression(compressed: dict, student_name: str, student: dict, tea
             "combined": combined}
 
 
+def rerank_pool(test: pd.DataFrame, depth: int, paths: Paths) -> pd.DataFrame:
+    """The rerank protocol's pairs: each test query's first-stage top-``depth`` (BM25 top-depth/2 ∪ dense
+    top-depth/2) with query and document text, ``aggregated_grade`` the human grade where judged and 0 where not,
+    and ``judged``."""
+    docs = open_lake(paths).read("documents")[["doc_id", "title", "text"]]
+    queries = test[["query_id", "query"]].drop_duplicates("query_id").rename(columns={"query": "text"})
+    half = max(1, depth // 2)
+    pool = retriever(paths).candidates(queries, k_bm25=half, k_dense=half, n_random=0)[["query_id", "doc_id", "doc_hash"]]
+    pool = pool.merge(queries.rename(columns={"text": "query"}), on="query_id").merge(docs, on="doc_id")
+    grades = test[["query_id", "doc_id", "aggregated_grade"]]
+    pool = pool.merge(grades, on=["query_id", "doc_id"], how="left")
+    pool["judged"] = pool.aggregated_grade.notna()
+    pool["aggregated_grade"] = pool.aggregated_grade.fillna(0.0)
+    return pool.sort_values(["query_id", "doc_id"]).reset_index(drop=True)
+
+
+def rerank_ndcg(test: pd.DataFrame, pool: pd.DataFrame, scores) -> float:
+    """NDCG@10 of ``scores`` over ``pool`` against every judgment of ``test`` (relevant documents the first stage
+    missed still count in the ideal ranking, as in TREC); queries with no relevant judgment are left out."""
+    from ranx import Qrels, Run, evaluate
+
+    from flywheel.metrics import qrels_from, run_from
+
+    qrels = {q: d for q, d in qrels_from(test).items() if max(d.values()) > 0}
+    run = {q: d for q, d in run_from(pool, scores).items() if q in qrels}
+    for q in qrels:                       # a query whose pool came back empty ranks nothing: NDCG 0
+        run.setdefault(q, {"__none__": 0.0})
+    return float(evaluate(Qrels(qrels), Run(run), "ndcg@10"))
+
+
+def rerank_protocol(rungs: dict, judge, test: pd.DataFrame, depth: int, paths: Paths) -> dict:
+    """NDCG@10 of BM25, the bi-encoder, the judge and every rung in the rerank protocol (:func:`rerank_pool`)."""
+    from models.ranker import load_ranker, score_pairs
+
+    pool = rerank_pool(test, depth, paths)
+    feats = retriever(paths).pair_features(pool)
+    out = {"bm25": rerank_ndcg(test, pool, feats.bm25), "bi-encoder": rerank_ndcg(test, pool, feats.cosine)}
+    j = judge.judge(pool)
+    ok = (j.parse_status == "ok").to_numpy()
+    out["judge"] = rerank_ndcg(test, pool, np.where(ok, j.grade.astype(float).fillna(0) + 1e-3 * j.score.fillna(0),
+                                                    -1.0))
+    for name, info in rungs.items():
+        model, tok, contract = load_ranker(info["path"])
+        if contract.compression == "soft":
+            continue
+        out[name] = rerank_ndcg(test, pool, score_pairs(model, tok, contract, pool["query"].tolist(),
+                                                        pool.title.tolist(), pool.text.tolist()))
+    per_q = pool.groupby("query_id")
+    return {"depth": depth, "pairs": int(len(pool)), "queries": int(per_q.ngroups),
+            "judged_share": round(float(pool.judged.mean()), 4),
+            "systems": {k: round(v, 4) for k, v in out.items()}}
+
+
 BASELINES = ("zero_shot_start", "bi-encoder", "bm25")   # what every rung must beat: its start and first-stage retrieval
 
 
 def evaluate_all(rungs: dict, judge_version: str, run_id: str, cfg: FlywheelConfig, paths: Paths) -> dict:
     """BM25, the bi-encoder, the judge and every rung of ``rungs`` (the ladder's untrained start under
-    ``zero_shot_start``) on the golden test split; each trained rung with its gain over the best baseline."""
+    ``zero_shot_start``) on the golden test split: judged pools (``ndcg@10``) and, with
+    ``evaluation.rerank_depth``, the rerank protocol (``rerank_ndcg@10``); each trained rung with its gain over the
+    best baseline in the protocol the gate reads (``gate_metric``)."""
     test = load_golden(cfg.resolve(cfg.golden)).pairs("test")
     systems: dict[str, dict] = {}
     ret = retriever(paths)
@@ -128,11 +184,22 @@ def evaluate_all(rungs: dict, judge_version: str, run_id: str, cfg: FlywheelConf
     systems["judge"] = {"ndcg@10": ndcg_at_10(test[ok], j.grade[ok].astype(float) + 1e-3 * j.score[ok].fillna(0)),
                         "n_params": None}
     systems |= evaluate_rungs(rungs, test, paths)
+    ec = cfg.evaluation
+    rerank = rerank_protocol(rungs, judge, test, ec.rerank_depth, paths) if ec.rerank_depth else None
+    judged_per_query = len(test) / max(1, test.query_id.nunique())
+    protocol = ec.gate_protocol if ec.gate_protocol != "auto" else (
+        "rerank" if rerank and judged_per_query < ec.small_pool else "judged")
+    if protocol == "rerank" and not rerank:
+        raise ValueError("evaluation.gate_protocol is 'rerank' but evaluation.rerank_depth is 0: set a depth")
+    for name, v in (rerank or {}).get("systems", {}).items():
+        systems[name]["rerank_ndcg@10"] = v
+    metric = "rerank_ndcg@10" if protocol == "rerank" else "ndcg@10"
     baselines = [b for b in BASELINES if b in systems]
-    best = max(baselines, key=lambda b: systems[b]["ndcg@10"])
+    best = max(baselines, key=lambda b: systems[b][metric])
     for name in rungs:
-        if name not in BASELINES:
-            systems[name]["gain_over_best_baseline"] = round(systems[name]["ndcg@10"] - systems[best]["ndcg@10"], 4)
+        if name not in BASELINES and metric in systems[name]:
+            systems[name]["gain_over_best_baseline"] = round(systems[name][metric] - systems[best][metric], 4)
     write_results(run_id, systems, paths)
     return {"run_id": run_id, "test_queries": int(test.query_id.nunique()), "test_pairs": int(len(test)),
-            "systems": systems, "baselines": baselines, "best_baseline": best}
+            "systems": systems, "baselines": baselines, "best_baseline": best, "gate_metric": metric,
+            "gate_protocol": protocol, "judged_per_query": round(judged_per_query, 1), "rerank": rerank}

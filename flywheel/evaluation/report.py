@@ -60,11 +60,30 @@ def tables(summary: dict) -> list[tuple[str, list[str], list[list]]]:
         out.append(("Bias probes: share of labels that change", ["probe", "pairs", "flip rate", "up rate",
                                                                   "mean shift"],
                     [[k, v["n"], v["flip_rate"], v["up_rate"], v["mean_shift"]] for k, v in probes.items()]))
-    ev = (summary.get("evaluation") or {}).get("systems") or {}
+    evaluation = summary.get("evaluation") or {}
+    ev = evaluation.get("systems") or {}
     if ev:
-        out.append(("Golden test split: NDCG@10, size, speed", ["system", "NDCG@10", "non-embedding params",
-                                                                "items/s (CPU)"],
-                    [[k, v["ndcg@10"], v.get("n_params"), v.get("items_per_s")] for k, v in ev.items()]))
+        rr = evaluation.get("rerank") or {}
+        base = evaluation.get("baselines") or []
+        title = "Golden test split: NDCG@10 on judged pools" + (
+            f" and in the rerank protocol (first-stage top-{rr['depth']}, unjudged = not relevant, "
+            f"{rr['judged_share']:.0%} of its pairs judged)" if rr else "") + (
+            f"; baselines: {', '.join(base)}; the gate reads {evaluation.get('gate_metric')}" if base else "")
+        out.append((title, ["system", "NDCG@10 (judged pools)", "NDCG@10 (rerank top-k)", "vs best baseline",
+                            "non-embedding params", "items/s (CPU)"],
+                    [[k + (" (baseline)" if k in base else ""), v["ndcg@10"], v.get("rerank_ndcg@10"),
+                      v.get("gain_over_best_baseline"), v.get("n_params"), v.get("items_per_s")]
+                     for k, v in ev.items()]))
+    rungs = summary.get("rungs") or {}
+    val = [[k, r["validation"].get("queries"), r["validation"].get("validation_start"),
+            r["validation"].get("validation_best"), r["validation"].get("best_step"), r.get("train_pairs"),
+            r["validation"]["kept"], r["validation"].get("note", "")]
+           for k, r in rungs.items() if isinstance(r, dict) and r.get("validation")]
+    if val:
+        out.append(("Do no harm: each rung's NDCG@10 against the judge on its validation fold (queries it never "
+                    "trained on), at its starting point and at the state it kept",
+                    ["rung", "validation queries", "start", "kept", "kept at step", "train pairs", "kept state",
+                     "note"], val))
     comp = summary.get("compression") or {}
     acc = summary.get("pruning") or {}
     size = size_curve(summary)
