@@ -4,10 +4,12 @@
     python bench/quality.py --avature --policy policies/job_title_search.md     # the Avature job-title set
 
 DIR holds ``corpus.jsonl``, ``queries.jsonl`` and ``qrels/<split>.tsv`` (``test`` is held out; every other split
-calibrates the judge). The dataset becomes a golden set under the bench home, the flywheel runs on it with
-``--config`` (its golden set and policy replaced; ``--family decoder`` takes the ladder of configs/decoder.yaml)
-in a home of its own (``--home``, default ``.flywheel/bench/<dataset>``; a rerun reuses every finished stage),
-and the script prints NDCG@10 on the held-out test queries for BM25, the bi-encoder, the judge, every rung,
+calibrates the judge). Qrels that list only relevant pairs (most BEIR sets) get assumed negatives: grade-0
+pairs sampled from each query's unjudged BM25/dense candidates, half of them hard (``--negatives``,
+``--negatives-per-query``; flywheel/retrieval/negatives.py). The dataset becomes a golden set under the bench
+home, the flywheel runs on it with ``--config`` (its golden set and policy replaced; ``--family decoder`` takes
+the ladder of configs/decoder.yaml) in a home of its own (``--home``, default ``.flywheel/bench/<dataset>``; a
+rerun reuses every finished stage), and the script prints NDCG@10 on the held-out test queries for BM25, the bi-encoder, the judge, every rung,
 the pruned variants and the compressed students, with non-embedding parameters, items/s, and the issue's ratios
 (student / teacher, pruned / student, compressed / uncompressed, combined speed-up). ``--json`` writes them all.
 """
@@ -24,11 +26,18 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def golden_from_beir(data: Path, out: Path) -> dict:
-    """The BEIR directory as a golden set (queries, documents, golden_labels parquet); nothing written on error."""
-    from flywheel.data.beir import read_beir
+def golden_from_beir(data: Path, out: Path, negatives: str = "auto", per_query: int = 20) -> dict:
+    """The BEIR directory as a golden set (queries, documents, golden_labels parquet); nothing written on error.
 
-    tables = read_beir(data)
+    Positive-only qrels (``negatives="auto"``: under 10% of queries with a judged 0; ``"always"``/``"never"``
+    force it) get ``per_query`` assumed negatives per query from its unjudged first-stage candidates, half of
+    them hard (flywheel.retrieval.negatives; rater_id "assumed:unjudged", grade 0). ``judged_pairs`` counts the
+    human judgments only; ``assumed_negatives`` the rows added.
+    """
+    from flywheel.data.beir import read_beir
+    from flywheel.retrieval.negatives import ASSUMED_RATER, add_assumed_negatives
+
+    tables, neg = add_assumed_negatives(read_beir(data), per_query=per_query, mode=negatives)
     out.mkdir(parents=True, exist_ok=True)
     for name, df in tables.items():
         tmp = out / f".tmp-{name}.parquet"
@@ -36,7 +45,10 @@ def golden_from_beir(data: Path, out: Path) -> dict:
         os.replace(tmp, out / f"{name}.parquet")
     lab = tables["golden_labels"]
     return {"queries": int(lab.query_id.nunique()), "test_queries": int(lab[lab.split == "test"].query_id.nunique()),
-            "documents": int(len(tables["documents"])), "judged_pairs": int(len(lab))}
+            "documents": int(len(tables["documents"])), "judged_pairs": int((lab.rater_id != ASSUMED_RATER).sum()),
+            "positive_only_qrels": neg["positive_only"], "assumed_negatives": neg["assumed_negatives"],
+            "assumed_hard_negatives": neg["hard"],
+            "assumed_negatives_per_split": {k: v["assumed_negatives"] for k, v in neg["per_split"].items()}}
 
 
 def main(argv=None) -> dict:
@@ -53,6 +65,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--home", type=Path, default=None, help="flywheel home (default .flywheel/bench/<dataset>)")
     ap.add_argument("--date", default="2026-01-01", help="the run date (labels and clicks are keyed by it)")
     ap.add_argument("--json", type=Path, default=None, help="also write every figure to this file")
+    ap.add_argument("--negatives", choices=["auto", "always", "never"], default="auto",
+                    help="assumed negatives from unjudged candidates: auto adds them only to positive-only qrels")
+    ap.add_argument("--negatives-per-query", type=int, default=20, help="assumed negatives per golden query")
     a = ap.parse_args(argv)
 
     if a.avature:
@@ -73,7 +88,7 @@ def main(argv=None) -> dict:
     os.environ["FLYWHEEL_HOME"] = str(home)
 
     golden = home / "golden"
-    counts = golden_from_beir(a.data, golden)
+    counts = golden_from_beir(a.data, golden, a.negatives, a.negatives_per_query)
     cfg = cfg.model_copy(update={"golden": str(golden), "policy": str(a.policy.resolve()), "name": f"quality-{name}",
                                  "ladder": ladder})
 

@@ -56,19 +56,34 @@ def calibrate(config: str = typer.Option("configs/demo.yaml", help="flywheel con
 
 @import_app.command("beir")
 def import_beir(directory: Path = typer.Argument(..., help="folder with corpus.jsonl, queries.jsonl, qrels/*.tsv"),
-                name: Optional[str] = typer.Option(None, help="dataset name used to prefix ids (default: folder name)")):
-    """Import a BEIR-layout dataset into the queries, documents and golden_labels tables."""
-    from flywheel.data.beir import BeirFormatError
+                name: Optional[str] = typer.Option(None, help="dataset name used to prefix ids (default: folder name)"),
+                negatives: str = typer.Option("auto", help="assumed negatives from unjudged candidates: auto (only "
+                                                           "for positive-only qrels), always or never"),
+                negatives_per_query: int = typer.Option(20, help="assumed negatives per golden query")):
+    """Import a BEIR-layout dataset into the queries, documents and golden_labels tables.
+
+    Positive-only qrels also get assumed grade-0 labels (rater_id "assumed:unjudged") from each query's unjudged
+    first-stage candidates; see flywheel/retrieval/negatives.py. Nothing is written if either step fails.
+    """
+    from flywheel.data.beir import BeirFormatError, read_beir
     from flywheel.data.beir import import_beir as _import
     from flywheel.data.lake import Lake
+    from flywheel.retrieval.negatives import ASSUMED_RATER, add_assumed_negatives
 
+    if negatives not in ("auto", "always", "never"):
+        typer.secho(f"error: --negatives must be auto, always or never, got {negatives!r}", fg="red", err=True)
+        raise typer.Exit(2)
     paths = configure_environment()
+    lake = Lake(paths.lake)
     try:
-        counts = _import(directory, Lake(paths.lake), name)
-    except BeirFormatError as exc:
+        tables, stats = add_assumed_negatives(read_beir(directory, name), negatives_per_query, mode=negatives)
+        counts = _import(directory, lake, name)
+    except (BeirFormatError, ValueError) as exc:
         typer.secho(f"error: {exc}", fg="red", err=True)
         raise typer.Exit(2)
-    typer.echo(json.dumps(counts))
+    lab = tables["golden_labels"]
+    lake.write("golden_labels", lab[lab.rater_id == ASSUMED_RATER])
+    typer.echo(json.dumps(counts | {"assumed_negatives": stats["assumed_negatives"]}))
 
 
 @policy_app.command("check")
