@@ -1,7 +1,7 @@
 """Ranking quality with ranx: NDCG@10 of any scorer over the golden test split's judged pools.
 
-qrels are the human aggregated grades (rounded to the 0..3 scale); each system reranks every test query's
-judged documents. Speed is items scored per second, measured on the same pairs.
+qrels are the human aggregated grades (rounded to integers, on whatever scale the policy defines); each system
+reranks every test query's judged documents. Speed is items scored per second, measured on the same pairs.
 """
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ import pandas as pd
 
 
 def qrels_from(pairs: pd.DataFrame, grade_col: str = "aggregated_grade") -> dict:
+    """{query: {doc: grade}} with each grade rounded; no upper bound (gain = grade), negatives count as 0."""
     q: dict = {}
     for qid, did, g in zip(pairs.query_id, pairs.doc_id, pairs[grade_col]):
-        q.setdefault(qid, {})[did] = int(np.clip(np.round(g), 0, 3))
+        q.setdefault(qid, {})[did] = int(max(np.round(g), 0))
     return q
 
 

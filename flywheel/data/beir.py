@@ -2,8 +2,9 @@
 
 ``corpus.jsonl`` (``_id``, ``title``, ``text``) → documents; ``queries.jsonl`` (``_id``, ``text``) → queries;
 ``qrels/<split>.tsv`` (header ``query-id corpus-id score``) → golden_labels, one judgment per line, with the
-split ``test`` kept as the held-out test split and every other split used for calibration. Malformed input
-raises :class:`BeirFormatError` naming the file, line and field, and nothing is written.
+split ``test`` kept as the held-out test split and every other split used for calibration. Grades are kept as
+given (the policy defines the scale), except negative ones ("judged non-relevant" in some sets), which become 0.
+Malformed input raises :class:`BeirFormatError` naming the file, line and field, and nothing is written.
 """
 
 from __future__ import annotations
@@ -63,6 +64,8 @@ def _read_qrels(path: Path, queries: set, docs: set) -> list[dict]:
                 score = int(float(s))
             except ValueError:
                 raise BeirFormatError(f"{path}:{n}: field 'score' must be an integer grade, got {s!r}") from None
+            if score > 127:
+                raise BeirFormatError(f"{path}:{n}: field 'score' {score} is too large for a grade (at most 127)")
             if q not in queries:
                 raise BeirFormatError(f"{path}:{n}: field 'query-id' {q!r} is not in queries.jsonl")
             if d not in docs:
@@ -94,7 +97,7 @@ def read_beir(directory: str | Path, name: str | None = None) -> dict[str, pd.Da
         raise BeirFormatError(f"{d / 'qrels'}: no judgments")
     lab["query_id"] = prefix + lab.query_id
     lab["doc_id"] = prefix + lab.doc_id
-    lab["grade"] = lab.grade.clip(0, 3).astype("int8")
+    lab["grade"] = lab.grade.clip(lower=0).astype("int8")
     lab = lab.drop_duplicates(["query_id", "doc_id", "rater_id"], keep="last")
     agg = lab.groupby(["query_id", "doc_id"]).grade.agg(["mean", "size"]).rename(
         columns={"mean": "aggregated_grade", "size": "n_raters"}).reset_index()

@@ -9,7 +9,7 @@ Click model (position-based model, PBM; Chuklin, Markov & de Rijke 2015), per se
     documents are shown in BM25 order (the ranking users saw), at ranks r = 1, 2, ...
     P(examine | r)            = (1 / r) ** eta
     P(click | examined, g)    = eps + (1 − eps) · (2**g − 1) / (2**g_max − 1)      (g = rounded human mean grade)
-    P(apply | clicked, g)     = beta · g / g_max
+    P(apply | clicked, g)     = beta · g / g_max                                  (g_max: the policy's top grade)
 Sessions per query and day ~ Poisson(sessions_per_query). Only golden *calibration* queries get sessions: test
 queries must stay unseen by anything that trains.
 
@@ -27,14 +27,18 @@ from flywheel.data.lake import sha256_text
 
 
 def simulate_day(date: str, golden, bm25_scores, eta: float = 1.0, eps: float = 0.05, beta: float = 0.3,
-                 sessions_per_query: float = 30.0, seed: int = 0) -> pd.DataFrame:
+                 sessions_per_query: float = 30.0, seed: int = 0, max_grade: int | None = None) -> pd.DataFrame:
     """Simulated engagement_events rows for ``date``: one row per (query, document shown), with its position.
 
     golden: a Golden (``pairs('calibration')`` gives query_id, doc_id, query, aggregated_grade);
-    bm25_scores(pairs) -> scores used to order each query's documents as users saw them."""
+    bm25_scores(pairs) -> scores used to order each query's documents as users saw them; max_grade: the policy's
+    top grade (``policy.max_grade``), else the top grade any rater gave (``golden.labels``, or the rounded means)."""
     pairs = golden.pairs("calibration")
     pairs = pairs.assign(bm25=np.asarray(bm25_scores(pairs), dtype=float))
-    g_max = 3
+    if max_grade is None:
+        labels = getattr(golden, "labels", None)
+        max_grade = int(labels.grade.max() if labels is not None else np.round(pairs.aggregated_grade).max())
+    g_max = max(max_grade, 1)
     rows = []
     for qid, grp in pairs.groupby("query_id", sort=True):
         rng = np.random.default_rng([seed, int(sha256_text(date, qid)[:8], 16)])

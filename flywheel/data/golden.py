@@ -98,8 +98,9 @@ def build_socrata_golden(source: str | Path, out: str | Path = GOLDEN_DIR) -> di
     return stats
 
 
-def human_agreement(labels: pd.DataFrame) -> dict | None:
-    """Agreement between human raters of the same pair, the ceiling for any judge.
+def human_agreement(labels: pd.DataFrame, n_grades: int) -> dict | None:
+    """Agreement between human raters of the same pair, the ceiling for any judge, on a scale of ``n_grades``
+    grades (0..n_grades − 1; a grade off it raises ValueError).
 
     - pairwise: every two raters of a pair (exact, within-one, quadratic-weighted kappa over those pairs);
     - leave-one-out: each rater against the rounded mean of the pair's other raters, the figure comparable to a
@@ -107,6 +108,10 @@ def human_agreement(labels: pd.DataFrame) -> dict | None:
     """
     from sklearn.metrics import cohen_kappa_score
 
+    off = labels.grade[(labels.grade < 0) | (labels.grade > n_grades - 1)]
+    if len(off):
+        raise ValueError(f"golden grade {int(off.iloc[0])} is outside the scale 0..{n_grades - 1}")
+    scale = list(range(n_grades))
     a, b, single, rest = [], [], [], []
     for _, g in labels.groupby(["query_id", "doc_id"]):
         grades = g.grade.to_numpy()
@@ -115,22 +120,23 @@ def human_agreement(labels: pd.DataFrame) -> dict | None:
         if len(grades) >= 2:
             for i in range(len(grades)):
                 single.append(grades[i])
-                rest.append(int(np.clip(np.round(np.delete(grades, i).mean()), 0, 3)))
+                rest.append(int(np.round(np.delete(grades, i).mean())))
     a, b, single, rest = map(np.asarray, (a, b, single, rest))
     if len(a) == 0:
         return None          # one rater per pair (e.g. BEIR qrels): there is no human ceiling to measure
     return {
         "pairwise_exact": float((a == b).mean()),
         "pairwise_within_one": float((np.abs(a - b) <= 1).mean()),
-        "pairwise_qwk": float(cohen_kappa_score(a, b, weights="quadratic")),
-        "loo_qwk": float(cohen_kappa_score(single, rest, weights="quadratic")),
+        "pairwise_qwk": float(cohen_kappa_score(a, b, weights="quadratic", labels=scale)),
+        "loo_qwk": float(cohen_kappa_score(single, rest, weights="quadratic", labels=scale)),
         "loo_exact": float((single == rest).mean()),
         "loo_within_one": float((np.abs(single - rest) <= 1).mean()),
         "n_rater_pairs": int(len(a)),
     }
 
 
-def describe(g: GoldenSet) -> dict:
+def describe(g: GoldenSet, n_grades: int | None = None) -> dict:
+    """Counts, grade distributions and the human ceiling; ``n_grades`` defaults to the labels' top grade + 1."""
     pairs = g.pairs()
     out = {"queries": int(len(g.queries)), "documents": int(len(g.documents)), "pairs": int(len(pairs)),
            "judgments": int(len(g.labels)), "raters": int(g.labels.rater_id.nunique())}
@@ -140,7 +146,9 @@ def describe(g: GoldenSet) -> dict:
     out["grade_distribution"] = {int(k): int(v) for k, v in g.labels.grade.value_counts().sort_index().items()}
     out["rounded_aggregated_distribution"] = {
         int(k): int(v) for k, v in pairs.aggregated_grade.round().astype(int).value_counts().sort_index().items()}
-    out["human_agreement"] = human_agreement(g.labels)
+    if n_grades is None:     # no policy at hand: the scale reaches the top grade any rater gave
+        n_grades = max(int(g.labels.grade.max()) + 1 if len(g.labels) else 0, 2)
+    out["human_agreement"] = human_agreement(g.labels, n_grades)
     return out
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 
 import pandas as pd
@@ -71,16 +72,18 @@ class Lake:
             d = d / f"date={date}"
         return d
 
-    def write(self, table: str, df: pd.DataFrame, date: str | None = None, validate: bool = True) -> Path | None:
+    def write(self, table: str, df: pd.DataFrame, date: str | None = None, validate: bool = True,
+              grades: Iterable[int] | None = None) -> Path | None:
         """Validate and write ``df`` atomically; returns the file, or None when ``df`` is empty.
 
-        If a file with the same content key exists, nothing is written (idempotent retry).
+        ``grades``: the policy's scale the grade column is checked against (``contracts.validate``); required
+        for ``judge_labels``. If a file with the same content key exists, nothing is written (idempotent retry).
         """
         if df.empty:
             return None
         arrow = to_arrow(table, df)
         if validate:
-            contracts.validate(table, arrow.to_pandas())
+            contracts.validate(table, arrow.to_pandas(), grades)
         out_dir = self.table_dir(table, date)
         out_dir.mkdir(parents=True, exist_ok=True)
         path = out_dir / f"part-{rows_key(table, df)}.parquet"

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-GRADES = (0, 1, 2, 3)
 PARSE_STATUSES = ("ok", "unparsed", "refused", "truncated", "error")
 
 QUERIES = pa.schema([
@@ -45,7 +44,7 @@ GOLDEN_LABELS = pa.schema([
     pa.field("query_id", pa.string(), nullable=False),
     pa.field("doc_id", pa.string(), nullable=False),
     pa.field("rater_id", pa.string(), nullable=False),
-    pa.field("grade", pa.int8(), nullable=False),           # this rater's judgment, 0..3
+    pa.field("grade", pa.int8(), nullable=False),           # this rater's judgment, 0..the policy's max grade
     pa.field("rater_trust", pa.float32()),
     pa.field("aggregated_grade", pa.float32(), nullable=False),  # mean of the pair's raters
     pa.field("n_raters", pa.int16(), nullable=False),

@@ -65,7 +65,7 @@ class OfflineJudge:
         self.mean, self.std = x.mean(0), x.std(0) + 1e-9
         reg = Ridge(alpha=1.0).fit((x - self.mean) / self.std, human_mean)
         self.weights, self.bias = reg.coef_.astype(float), float(reg.intercept_)
-        self.cuts = fit_cutpoints(self._score(feats), human_mean, n_grades=len(self.policy.scale))
+        self.cuts = fit_cutpoints(self._score(feats), human_mean, n_grades=self.policy.max_grade + 1)
         return self
 
     def judge(self, pairs: pd.DataFrame, feats: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -78,8 +78,9 @@ class OfflineJudge:
         for i in range(len(pairs)):
             contrib = {f: round(float(z[i, j] * self.weights[j]), 3) for j, f in enumerate(feats.columns)}
             dims = {d.name: int(grade[i]) for d in self.policy.dimensions}
-            if "cosine" in feats.columns:      # semantic closeness speaks to topic
-                dims[self.policy.dimensions[0].name] = int(np.clip(np.round(1.5 + 1.5 * z[i, list(feats.columns).index("cosine")]), 0, top))
+            if "cosine" in feats.columns:      # semantic closeness speaks to topic: mid-scale ± half the scale per sd
+                zc = z[i, list(feats.columns).index("cosine")]
+                dims[self.policy.dimensions[0].name] = int(np.clip(np.round(top / 2 + top / 2 * zc), 0, top))
             rationale = (f"offline judge (not an LLM): expected grade {score[i]:.2f} from evidence "
                          + ", ".join(f"{k} {v:+.2f}" for k, v in contrib.items()))
             out.append({"grade": int(grade[i]), "score": float(score[i]), "dimension_scores": json.dumps(dims),

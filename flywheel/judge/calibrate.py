@@ -45,19 +45,30 @@ def _grades(pairs: pd.DataFrame, judged: pd.DataFrame) -> list[dict]:
                                                pairs.aggregated_grade, judged.grade, judged.parse_status)]
 
 
-def _with_ci(judge_grades, human_mean) -> dict:
-    m = agreement(judge_grades, human_mean)
-    m["qwk_ci95"] = bootstrap_ci(judge_grades, human_mean, "qwk")
-    m["spearman_ci95"] = bootstrap_ci(judge_grades, human_mean, "spearman")
+def _with_ci(judge_grades, human_mean, n_grades: int) -> dict:
+    m = agreement(judge_grades, human_mean, n_grades)
+    m["qwk_ci95"] = bootstrap_ci(judge_grades, human_mean, "qwk", n_grades=n_grades)
+    m["spearman_ci95"] = bootstrap_ci(judge_grades, human_mean, "spearman", n_grades=n_grades)
     return m
+
+
+def check_scale(labels: pd.DataFrame, n_grades: int, policy_name: str) -> None:
+    """ValueError when a golden grade lies outside the policy's scale 0..n_grades − 1 (wrong policy for the set)."""
+    off = labels[(labels.grade < 0) | (labels.grade > n_grades - 1)]
+    if len(off):
+        raise ValueError(f"the golden set has grades {sorted(set(off.grade.astype(int)))} outside policy "
+                         f"{policy_name!r}'s scale 0..{n_grades - 1}: use a policy with as many grades as the "
+                         f"golden labels, or relabel the golden set")
 
 
 def calibrate(cfg: FlywheelConfig, paths: Paths, progress=None) -> dict:
     policy = load_policy(cfg.resolve(cfg.policy))
     golden = load_golden(cfg.resolve(cfg.golden))
+    n_grades = policy.max_grade + 1
+    check_scale(golden.labels, n_grades, policy.name)
     calib, test = golden.pairs("calibration"), golden.pairs("test")
     ceiling = {s: h for s in ("calibration", "test")
-               if (h := human_agreement(golden.labels[golden.labels.split == s])) is not None}
+               if (h := human_agreement(golden.labels[golden.labels.split == s], n_grades)) is not None}
     if cfg.judge.backend == "openai":
         return _calibrate_openai(cfg, paths, policy, golden, calib, test, ceiling)
 
@@ -71,23 +82,24 @@ def calibrate(cfg: FlywheelConfig, paths: Paths, progress=None) -> dict:
     feats_all = ext.transform(both)
     fc, ft = feats_all.iloc[:len(calib)].reset_index(drop=True), feats_all.iloc[len(calib):].reset_index(drop=True)
     cv = _cv_grades(policy, ext, calib, fc, yc, cfg.judge.cv_folds)
-    metrics = _with_ci(cv, yc)
+    metrics = _with_ci(cv, yc, n_grades)
     metrics["unparsed_rate"] = 0.0
     judge = OfflineJudge(policy, ext).fit(calib, yc, fc)
     store.save_judge(judge, paths)
     test_grades = judge.judge(test, ft)
-    test_metrics = _with_ci(test_grades.grade.to_numpy(), test.aggregated_grade.to_numpy())
+    test_metrics = _with_ci(test_grades.grade.to_numpy(), test.aggregated_grade.to_numpy(), n_grades)
     # Baseline: BM25 alone, with cut-points fitted on the same calibration split.
     bm25_ext = FeatureExtractor(ext.retriever, ("bm25",))
     bm25_judge = OfflineJudge(policy, bm25_ext).fit(calib, yc, fc[["bm25"]])
     bm25_test = bm25_judge.judge(test, ft[["bm25"]]).grade.to_numpy()
-    baseline = _with_ci(bm25_test, test.aggregated_grade.to_numpy())
+    baseline = _with_ci(bm25_test, test.aggregated_grade.to_numpy(), n_grades)
     gate = calibration_gate(metrics, cfg.judge.min_qwk)
     test_labels = golden.labels[golden.labels.split == "test"]
     judged = dict(zip(zip(test.query_id, test.doc_id), test_grades.grade.to_numpy()))
-    test_metrics["krippendorff_alpha"] = {"humans": krippendorff_alpha(test_labels),
-                                          "humans_plus_judge": krippendorff_alpha(test_labels, judged)}
-    test_metrics["slices"] = sliced_agreement(test_grades.grade.to_numpy(), test)
+    test_metrics["krippendorff_alpha"] = {
+        "humans": krippendorff_alpha(test_labels, n_grades=n_grades),
+        "humans_plus_judge": krippendorff_alpha(test_labels, judged, n_grades=n_grades)}
+    test_metrics["slices"] = sliced_agreement(test_grades.grade.to_numpy(), test, n_grades)
     from flywheel.judge.probes import probe_offline
 
     sample = test.sample(min(cfg.judge.probe_pairs, len(test)), random_state=cfg.seed)
@@ -116,7 +128,7 @@ def _select_lm_prompt(cfg, paths, policy, calib, yc, prompts, progress) -> dict:
     fold = query_folds(calib, {"dev": 1, "heldout": 1}, cfg.seed).to_numpy()
     dev, held = fold == "dev", fold == "heldout"
     cal_dev = calib[dev].reset_index(drop=True)
-    exts = {}
+    exts, n_grades = {}, policy.max_grade + 1
 
     def ext_for(v):
         return exts.setdefault(v, store.extractor(cfg, paths, progress, v))
@@ -124,22 +136,22 @@ def _select_lm_prompt(cfg, paths, policy, calib, yc, prompts, progress) -> dict:
     def dev_qwk(v):
         e = ext_for(v)
         f = e.transform(cal_dev)
-        return _with_ci(_cv_grades(policy, e, cal_dev, f, yc[dev], 2), yc[dev])
+        return _with_ci(_cv_grades(policy, e, cal_dev, f, yc[dev], 2), yc[dev], n_grades)
 
     def heldout(v):
         e = ext_for(v)
         f = e.transform(calib)
         j = OfflineJudge(policy, e).fit(calib[dev], yc[dev], f[dev])
-        return _with_ci(j.judge(calib[held], f[held]).grade.to_numpy(), yc[held])
+        return _with_ci(j.judge(calib[held], f[held]).grade.to_numpy(), yc[held], n_grades)
 
     out = select(list(prompts), dev_qwk, heldout, cfg.judge.selection_min_gain)
     return {"kind": "lm_prompt", **out, "dev_queries": int(calib[dev].query_id.nunique()),
             "heldout_queries": int(calib[held].query_id.nunique())}
 
 
-def _openai_metrics(judged: pd.DataFrame, pairs: pd.DataFrame) -> dict:
+def _openai_metrics(judged: pd.DataFrame, pairs: pd.DataFrame, n_grades: int) -> dict:
     ok = (judged.parse_status == "ok").to_numpy()
-    m = (_with_ci(judged.grade[ok].astype(int).to_numpy(), pairs.aggregated_grade[ok].to_numpy()) if ok.any()
+    m = (_with_ci(judged.grade[ok].astype(int).to_numpy(), pairs.aggregated_grade[ok].to_numpy(), n_grades) if ok.any()
          else {"qwk": float("nan"), "n": 0})
     m["unparsed_rate"] = float(1 - ok.mean()) if len(ok) else 0.0
     m["status"] = judged.parse_status.value_counts().to_dict()
@@ -157,7 +169,7 @@ def _calibrate_openai(cfg, paths, policy, golden, calib, test, ceiling) -> dict:
         return OpenAIJudge(pol, cfg.judge.openai_model, cfg.judge.openai_base_url,
                            settings=OnlineSettings.from_config(cfg.judge))
 
-    selection, gate_pairs = None, calib
+    selection, gate_pairs, n_grades = None, calib, policy.max_grade + 1
     if cfg.judge.exemplar_sets:
         # exemplar pool | development | held-out, by query: no pair is ever graded with itself in the prompt
         fold = query_folds(calib, {"pool": 2, "dev": 3, "heldout": 3}, cfg.seed).to_numpy()
@@ -165,15 +177,15 @@ def _calibrate_openai(cfg, paths, policy, golden, calib, test, ceiling) -> dict:
         rng = np.random.default_rng(cfg.seed)
         sets = {"policy": [e.model_dump() for e in policy.examples]}
         for i in range(cfg.judge.exemplar_sets):
-            sets[f"golden-{i + 1}"] = draw_exemplars(pool, len(policy.scale), rng)
+            sets[f"golden-{i + 1}"] = draw_exemplars(pool, n_grades, rng)
         held_run = {}
 
         def heldout(v):
             held_run["judge"] = make(sets[v])
             held_run["judged"] = held_run["judge"].judge(held)
-            return _openai_metrics(held_run["judged"], held)
+            return _openai_metrics(held_run["judged"], held, n_grades)
 
-        out = select(list(sets), lambda v: _openai_metrics(make(sets[v]).judge(dev), dev), heldout,
+        out = select(list(sets), lambda v: _openai_metrics(make(sets[v]).judge(dev), dev, n_grades), heldout,
                      cfg.judge.selection_min_gain)
         selection = {"kind": "exemplars", **out, "exemplars": sets[out["chosen"]],
                      "pool_queries": int(pool.query_id.nunique()), "dev_queries": int(dev.query_id.nunique()),
@@ -183,7 +195,7 @@ def _calibrate_openai(cfg, paths, policy, golden, calib, test, ceiling) -> dict:
     else:
         judge = make()
         cj = judge.judge(calib)
-        metrics = _openai_metrics(cj, calib)
+        metrics = _openai_metrics(cj, calib, n_grades)
     metrics["usage"] = {k: v for k, v in judge.last_run.items() if k != "failures"}
     gate = calibration_gate(metrics, cfg.judge.min_qwk)
     store.save_judge_spec(judge, paths)
@@ -197,6 +209,7 @@ def _calibrate_openai(cfg, paths, policy, golden, calib, test, ceiling) -> dict:
         tj = judge.judge(test)
         tok = (tj.parse_status == "ok").to_numpy()
         if tok.any():
-            out["test"] = _with_ci(tj.grade[tok].astype(int).to_numpy(), test.aggregated_grade[tok].to_numpy())
+            out["test"] = _with_ci(tj.grade[tok].astype(int).to_numpy(), test.aggregated_grade[tok].to_numpy(),
+                                   n_grades)
         out["golden_grades"] += _grades(test, tj)
     return out

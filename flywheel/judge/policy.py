@@ -152,6 +152,15 @@ def load_policy(path: str | Path) -> Policy:
     return parse_policy(p.read_text(encoding="utf-8"), str(p))
 
 
+def stored_policy(version: str, paths: Paths) -> Policy:
+    """The policy of ``version`` from the copies ``ingest_policy`` keeps under the flywheel home."""
+    found = sorted((paths.home / "policies").glob(f"*-{version}.md"))
+    if not found:
+        raise FileNotFoundError(f"policy version {version} is not in {paths.home / 'policies'}: "
+                                f"ingest the policy (the flow's first stage) before checking its labels")
+    return load_policy(found[0])
+
+
 def ingest_policy(policy_path: str | Path, paths: Paths) -> dict:
     """Validate the policy, store a copy under its version, and append it to the version log."""
     policy = load_policy(policy_path)

@@ -50,11 +50,12 @@ def policy_impact(old_path, new_path, cfg: FlywheelConfig, paths: Paths) -> dict
             changed.append({"query": g["query"], "title": g["title"], "split": g["split"], "human": g["human"],
                             "old": b["grade"], "new": g["grade"]})
     figures = {}
+    n_grades = {"old": load_policy(old_path).max_grade + 1, "new": load_policy(new_path).max_grade + 1}
     for name, r in runs.items():
         for split in ("calibration", "test"):
             gs = [g for g in r["golden_grades"] if g["split"] == split and g["grade"] is not None]
             if gs:
-                figures[(name, split)] = agreement([g["grade"] for g in gs], [g["human"] for g in gs])
+                figures[(name, split)] = agreement([g["grade"] for g in gs], [g["human"] for g in gs], n_grades[name])
     return {"changes": describe_changes(old_path, new_path),
             "judge_versions": {k: r["judge_version"] for k, r in runs.items()},
             "gate": {k: r["gate"] for k, r in runs.items()},

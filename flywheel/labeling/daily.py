@@ -83,7 +83,7 @@ def label_candidates(date: str, calibration: dict, cfg: FlywheelConfig, paths: P
             created_at=pd.Timestamp(datetime.now(timezone.utc)))
         rows = pd.concat([rows, j], axis=1)
         rows["grade"] = rows.grade.astype("Int8")
-        lk.write("judge_labels", rows, date=day or date)
+        lk.write("judge_labels", rows, date=day or date, grades=range(policy.max_grade + 1))
         counts["labelled"] += len(rows)
 
     if judge.backend == "openai" and cfg.judge.mode == "batch":
@@ -166,13 +166,21 @@ def _label_by_batch(date: str, judge, commit, paths: Paths) -> dict:
 
 
 def validate_labels(date: str, paths: Paths) -> dict:
-    """Stage 4: re-validate the whole day's partition with its contract (raises ContractError on failure)."""
+    """Stage 4: re-validate the whole day's partition with its contract (raises ContractError on failure). Each
+    label's grade is checked against the scale of the policy version it records (``policy_hash``), read back from
+    the policies ingested under the flywheel home."""
     from flywheel.data import contracts
+    from flywheel.judge.policy import stored_policy
 
     day = open_lake(paths).read("judge_labels", date)
     if day.empty:
         raise contracts.ContractError(f"no judge labels for {date}: nothing to train on")
-    contracts.validate("judge_labels", day)
+    for version, part in day.groupby("policy_hash", dropna=False):
+        try:
+            policy = stored_policy(version, paths)
+        except FileNotFoundError as exc:
+            raise contracts.ContractError(f"table 'judge_labels' of {date}: {exc}") from None
+        contracts.validate("judge_labels", part, range(policy.max_grade + 1))
     return {"date": date, "rows": int(len(day)), "unparsed_rate": float((day.parse_status != "ok").mean())}
 
 

@@ -330,8 +330,10 @@ def simulate_engagement(date: str, cfg: FlywheelConfig, paths: Paths) -> dict:
     e = cfg.engagement
     golden = load_golden(cfg.resolve(cfg.golden))
     ret = retriever(paths)
+    from flywheel.judge.policy import load_policy
+
     rows = simulate_day(date, golden, lambda p: ret.pair_features(p).bm25, e.eta, e.eps, e.beta,
-                        e.sessions_per_query, cfg.seed)
+                        e.sessions_per_query, cfg.seed, max_grade=load_policy(cfg.resolve(cfg.policy)).max_grade)
     lk = open_lake(paths)
     lk.write("engagement_events", rows, date=date)
     by_pos = rows.groupby("position").agg(impressions=("impressions", "sum"), clicks=("clicks", "sum"))

@@ -26,7 +26,7 @@ def _golden(grades=(3, 0, 3)):
 
 def test_click_rates_follow_the_position_based_model():
     ev = simulate_day("2026-01-01", _golden(), lambda p: p.bm25, eta=1.0, eps=0.05, beta=0.3,
-                      sessions_per_query=4000, seed=0)
+                      sessions_per_query=4000, seed=0, max_grade=3)
     assert ev.simulated.all() and set(ev.position) == {1, 2, 3}
     by = ev.groupby("position")[["impressions", "clicks", "applies"]].sum()
     ctr = by.clicks / by.impressions
@@ -40,7 +40,8 @@ def test_click_rates_follow_the_position_based_model():
 
 
 def test_debiased_target_is_the_same_for_the_same_grade_at_any_position():
-    ev = simulate_day("2026-01-01", _golden((2, 0, 2)), lambda p: p.bm25, sessions_per_query=4000, seed=1)
+    ev = simulate_day("2026-01-01", _golden((2, 0, 2)), lambda p: p.bm25, sessions_per_query=4000, seed=1,
+                      max_grade=3)
     t = engagement_targets(ev).set_index("doc_id")
     raw = (t.clicks / t.impressions)
     assert raw["qa-0"] > 2.5 * raw["qa-2"]                          # raw CTR: top position wins
