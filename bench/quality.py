@@ -119,10 +119,36 @@ def figures(summary: dict, counts: dict, name: str, family: str) -> dict:
     if c.get("system"):
         ratios[f"combined ({c['system']}) items/s / teacher naive"] = c["speedup"]
         ratios[f"combined ({c['system']}) NDCG@10 / teacher"] = c["ndcg_ratio_to_teacher"]
-    return {"dataset": name, "family": family, "counts": counts, "test_pairs": summary["evaluation"]["test_pairs"],
+    evaluation = summary["evaluation"]
+    rungs = summary.get("rungs") or {}
+    return {"dataset": name, "family": family, "counts": counts, "test_pairs": evaluation["test_pairs"],
             "judge": {k: summary["calibration"].get(k, {}).get("qwk") for k in ("calibration", "test")},
+            "gate": summary["calibration"].get("gate"),
             "systems": systems, "ratios": ratios, "pruning": summary.get("pruning"),
+            "baselines": evaluation.get("baselines"), "gate_metric": evaluation.get("gate_metric"),
+            "rerank": {k: v for k, v in (evaluation.get("rerank") or {}).items() if k != "systems"},
+            "targets": targets(systems, evaluation),
+            "validation": {k: r["validation"] for k, r in rungs.items() if isinstance(r, dict) and r.get("validation")},
+            "pseudo_queries": {k: r["pseudo_queries"] for k, r in rungs.items()
+                               if isinstance(r, dict) and r.get("pseudo_queries")},
+            "promotion": {k: (summary.get("promotion") or {}).get(k) for k in ("promoted", "reason", "champion")},
             "length_curve": comp.get("length_curve"), "report": summary.get("report")}
+
+
+def targets(systems: dict, evaluation: dict) -> dict:
+    """The quality issue's rules, in the protocol the gate reads (the rerank protocol where judged pools are
+    small), each with the figures it compares: True where met."""
+    m = evaluation.get("gate_metric", "ndcg@10")
+    v = {k: s.get(m) for k, s in systems.items() if s.get(m) is not None}
+    base = max((b for b in evaluation.get("baselines", []) if b in v), key=v.get)
+    t, j, b = v["teacher"], v["judge"], v[base]
+    out = {"metric": m, "best_baseline": f"{base} {b:.4f}",
+           "teacher >= best baseline": [t >= b, round(t, 4), round(b, 4)],
+           "teacher >= 0.95 x judge": [t >= 0.95 * j, round(t / j, 4)]}
+    if j - b > 0.04:
+        out["judge leads by > 0.04: teacher >= best baseline + 0.02"] = [t >= b + 0.02, round(t - b, 4)]
+    out["student >= 0.97 x teacher"] = [v["student"] >= 0.97 * t, round(v["student"] / t, 4)]
+    return out
 
 
 def print_figures(out: dict) -> None:
@@ -132,10 +158,14 @@ def print_figures(out: dict) -> None:
     con = Console()
     tab = Table(title=f"{out['dataset']} ({out['family']} ladder): NDCG@10 on {out['counts']['test_queries']} "
                       f"held-out queries, {out['test_pairs']} judged pairs")
-    for col in ("system", "NDCG@10", "non-embedding params", "items/s", "document tokens"):
+    for col in ("system", "NDCG@10 judged pools", "NDCG@10 rerank top-k", "vs best baseline", "non-embedding params",
+                "items/s", "document tokens"):
         tab.add_column(col)
     for k, v in out["systems"].items():
-        tab.add_row(k, f"{v['ndcg@10']:.4f}", f"{v['n_params']:,}" if v.get("n_params") else "",
+        rr, gain = v.get("rerank_ndcg@10"), v.get("gain_over_best_baseline")
+        tab.add_row(k + (" (baseline)" if k in (out.get("baselines") or []) else ""), f"{v['ndcg@10']:.4f}",
+                    f"{rr:.4f}" if rr is not None else "", f"{gain:+.4f}" if gain is not None else "",
+                    f"{v['n_params']:,}" if v.get("n_params") else "",
                     f"{v['items_per_s']:.0f}" if v.get("items_per_s") else "",
                     f"{v['doc_tokens']:.1f}" if v.get("doc_tokens") is not None else "")
     con.print(tab)
@@ -147,6 +177,25 @@ def print_figures(out: dict) -> None:
     con.print(rt)
     if out.get("pruning"):
         con.print(f"pruned student {out['pruning']['reason']}")
+    vt = Table(title="Do no harm: validation NDCG@10 against the judge (queries no rung trained on)")
+    for col in ("rung", "start", "kept", "kept state", "note"):
+        vt.add_column(col)
+    for k, v in out["validation"].items():
+        vt.add_row(k, f"{v.get('validation_start', float('nan')):.4f}", f"{v.get('validation_best', float('nan')):.4f}",
+                   v["kept"], v.get("note", ""))
+    con.print(vt)
+    tt = Table(title=f"Targets ({out['targets']['metric']}; best baseline {out['targets']['best_baseline']})")
+    tt.add_column("rule")
+    tt.add_column("met")
+    tt.add_column("figures")
+    for k, v in out["targets"].items():
+        if isinstance(v, list):
+            tt.add_row(k, "yes" if v[0] else "NO", " ".join(str(x) for x in v[1:]))
+    con.print(tt)
+    for k, p in out["pseudo_queries"].items():
+        con.print(f"{k}: {p['made']} of {p['requested']} pseudo-queries {p['by_method']}"
+                  + (f" — {p['why_fewer']}" if p.get("why_fewer") else ""))
+    con.print(f"promotion: {'promoted' if out['promotion']['promoted'] else 'NOT promoted'} — {out['promotion']['reason']}")
 
 
 if __name__ == "__main__":
