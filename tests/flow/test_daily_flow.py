@@ -112,6 +112,16 @@ def test_crash_in_a_late_stage_resumes_from_cache_and_warm_rerun_redoes_nothing(
     for rung in ("teacher", "mid", "student", "student_pruned"):
         assert ev[rung]["ndcg@10"] > chance + 0.02, (rung, ev[rung]["ndcg@10"], chance)
     assert ev["student"]["ndcg@10"] >= 0.97 * ev["teacher"]["ndcg@10"]
+    # do no harm: the ladder's untrained start is a baseline beside the bi-encoder and BM25, and every rung was
+    # validated on labelled queries it never trained on and ended on its best validated state (or its start)
+    assert summary["evaluation"]["baselines"] == ["zero_shot_start", "bi-encoder", "bm25"]
+    for rung in ("teacher", "mid", "student", "student_pruned"):
+        v = summary["rungs"][rung]["validation"]
+        assert v["queries"] >= 5 and v["validation_best"] >= v["validation_start"], (rung, v)
+        assert v["kept"] in {"best", "start"} and v["validation_curve"][0][0] == 0
+    rr = summary["evaluation"]["rerank"]
+    assert rr["depth"] == 20 and 0 < rr["judged_share"] < 1 and "rerank_ndcg@10" in ev["teacher"]
+    assert summary["evaluation"]["gate_metric"] == "rerank_ndcg@10"      # ~5 judged documents a query: small pools
     assert summary["rungs"]["student_pruned"]["params_non_embedding"] < summary["rungs"]["student"]["params_non_embedding"]
     assert summary["calibration"]["test"]["qwk"] > 0.4
     # Compression: both forms evaluated on much shorter documents; the length curve and combined figure exist.
