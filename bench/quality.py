@@ -5,7 +5,7 @@
 
 DIR holds ``corpus.jsonl``, ``queries.jsonl`` and ``qrels/<split>.tsv`` (``test`` is held out; every other split
 calibrates the judge). Qrels that list only relevant pairs (most BEIR sets) get assumed negatives: grade-0
-pairs sampled from each query's unjudged BM25/dense candidates, half of them hard (``--negatives``,
+pairs sampled from each query's unjudged BM25/dense candidates, a fifth of them hard (``--negatives``, ``--hard-share``,
 ``--negatives-per-query``; flywheel/retrieval/negatives.py). The dataset becomes a golden set under the bench
 home, the flywheel runs on it with ``--config`` (its golden set and policy replaced; ``--family decoder`` takes
 the ladder of configs/decoder.yaml) in a home of its own (``--home``, default ``.flywheel/bench/<dataset>``; a
@@ -26,18 +26,19 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def golden_from_beir(data: Path, out: Path, negatives: str = "auto", per_query: int = 20) -> dict:
+def golden_from_beir(data: Path, out: Path, negatives: str = "auto", per_query: int = 20,
+                     hard_share: float = 0.2) -> dict:
     """The BEIR directory as a golden set (queries, documents, golden_labels parquet); nothing written on error.
 
     Positive-only qrels (``negatives="auto"``: under 10% of queries with a judged 0; ``"always"``/``"never"``
-    force it) get ``per_query`` assumed negatives per query from its unjudged first-stage candidates, half of
-    them hard (flywheel.retrieval.negatives; rater_id "assumed:unjudged", grade 0). ``judged_pairs`` counts the
+    force it) get ``per_query`` assumed negatives per query from its unjudged first-stage candidates, a fifth of
+    them hard by default (``hard_share``) (flywheel.retrieval.negatives; rater_id "assumed:unjudged", grade 0). ``judged_pairs`` counts the
     human judgments only; ``assumed_negatives`` the rows added.
     """
     from flywheel.data.beir import read_beir
     from flywheel.retrieval.negatives import ASSUMED_RATER, add_assumed_negatives
 
-    tables, neg = add_assumed_negatives(read_beir(data), per_query=per_query, mode=negatives)
+    tables, neg = add_assumed_negatives(read_beir(data), per_query=per_query, mode=negatives, hard_share=hard_share)
     out.mkdir(parents=True, exist_ok=True)
     for name, df in tables.items():
         tmp = out / f".tmp-{name}.parquet"
@@ -67,6 +68,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--json", type=Path, default=None, help="also write every figure to this file")
     ap.add_argument("--negatives", choices=["auto", "always", "never"], default="auto",
                     help="assumed negatives from unjudged candidates: auto adds them only to positive-only qrels")
+    ap.add_argument("--hard-share", type=float, default=0.2,
+                    help="share of the assumed negatives taken from the very top of the first stage (hard ones)")
     ap.add_argument("--negatives-per-query", type=int, default=10,
                     help="assumed negatives per golden query (each costs the judge's LM feature ~0.1 s)")
     a = ap.parse_args(argv)
@@ -89,7 +92,7 @@ def main(argv=None) -> dict:
     os.environ["FLYWHEEL_HOME"] = str(home)
 
     golden = home / "golden"
-    counts = golden_from_beir(a.data, golden, a.negatives, a.negatives_per_query)
+    counts = golden_from_beir(a.data, golden, a.negatives, a.negatives_per_query, a.hard_share)
     cfg = cfg.model_copy(update={"golden": str(golden), "policy": str(a.policy.resolve()), "name": f"quality-{name}",
                                  "ladder": ladder})
 
