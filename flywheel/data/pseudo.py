@@ -24,16 +24,19 @@ def leading_sentence(text: str, max_words: int = 12) -> str:
 def pseudo_queries(documents: pd.DataFrame, queries: pd.DataFrame, n: int, seed: int = 0,
                    min_words: int = 2) -> pd.DataFrame:
     """Up to ``n`` pseudo-queries: query_id ``pseudo:<doc_id>``, text, method ("title" or "text"), a seeded draw
-    among the documents whose title (or, without a title, leading sentence) has ``min_words`` words or more and
-    is not a query of ``queries``. Fewer than ``n`` only when fewer documents qualify:
+    among the documents whose title (any non-empty one: job titles are one word) or, without a title, leading
+    sentence of ``min_words`` words or more is not a query of ``queries``. Fewer than ``n`` only when fewer documents qualify:
     :func:`shortfall` says why."""
     known = set(queries.text.astype(str).str.strip().str.lower())
     title = documents.title.fillna("").astype(str).str.strip()
-    lead = documents.text.fillna("").astype(str).map(leading_sentence)
+    body = documents["text"] if "text" in documents else pd.Series("", index=documents.index)
+    lead = body.fillna("").astype(str).map(leading_sentence)
     text = title.where(title.str.len() > 0, lead)
     method = pd.Series("title", index=documents.index).where(title.str.len() > 0, "text")
     ok = documents.assign(_t=text, _k=text.str.lower(), _m=method)
-    ok = ok[(ok._t.str.split().str.len() >= min_words) & ~ok._k.isin(known)].drop_duplicates("_k")
+    words = ok._t.str.split().str.len()
+    enough = (ok._m == "title") & (words > 0) | (ok._m == "text") & (words >= min_words)
+    ok = ok[enough & ~ok._k.isin(known)].drop_duplicates("_k")
     pick = ok.sample(min(n, len(ok)), random_state=seed).sort_values("doc_id")
     return pd.DataFrame({"query_id": "pseudo:" + pick.doc_id.astype(str), "text": pick._t,
                          "method": pick._m}).reset_index(drop=True)
@@ -44,6 +47,6 @@ def shortfall(requested: int, made: pd.DataFrame, documents: pd.DataFrame) -> di
     out = {"requested": int(requested), "made": int(len(made)),
            "by_method": {k: int(v) for k, v in made.method.value_counts().items()} if len(made) else {}}
     if len(made) < requested:
-        out["why_fewer"] = (f"only {len(made)} of {len(documents)} documents have a title or leading sentence of "
-                            "two words or more that is not already a query (duplicates counted once)")
+        out["why_fewer"] = (f"only {len(made)} of {len(documents)} documents have a title, or a leading sentence "
+                            "of two words or more, that is not already a query (duplicates counted once)")
     return out
