@@ -134,7 +134,8 @@ def figures(summary: dict, counts: dict, name: str, family: str) -> dict:
             "targets": targets(systems, evaluation),
             "validation": {k: r["validation"] for k, r in rungs.items() if isinstance(r, dict) and r.get("validation")},
             "pseudo_queries": {k: r["pseudo_queries"] for k, r in rungs.items()
-                               if isinstance(r, dict) and r.get("pseudo_queries")},
+                               if isinstance(r, dict) and r.get("pseudo_queries")}
+            | ({"labelled (retrieval)": ps} if (ps := (summary.get("candidates") or {}).get("pseudo_queries")) else {}),
             "promotion": {k: (summary.get("promotion") or {}).get(k) for k in ("promoted", "reason", "champion")},
             "length_curve": comp.get("length_curve"), "report": summary.get("report")}
 

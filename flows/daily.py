@@ -43,10 +43,14 @@ def daily_flywheel(cfg: FlywheelConfig = FlywheelConfig(), date: str | None = No
     clock.record("2 calibrate", t, figs + f"; gate {'passed' if cal['gate']['passed'] else 'BLOCKED'}")
 
     t = time.perf_counter()
-    cands = label.retrieve_candidates(date, cfg, seed["queries_fp"], seed["documents_fp"])
+    queries_fp, ps = seed["queries_fp"], None
+    if cfg.retrieval.pseudo_queries:     # queries made from documents, labelled by the judge like the rest
+        ps = label.add_pseudo_queries(cfg.retrieval.pseudo_queries, cfg.seed, queries_fp, seed["documents_fp"])
+        queries_fp = ps["queries_fp"]
+    cands = label.retrieve_candidates(date, cfg, queries_fp, seed["documents_fp"])
     labels = label_day(date, cal, cfg, cands["fingerprint"])
     strata = f" (pre-judge grades {cands['predicted_grades']})" if cands.get("predicted_grades") else ""
-    if ps := cands.get("pseudo_queries"):
+    if ps:
         strata += (f"; {ps['made']} of {ps['requested']} pseudo-queries {ps['by_method']}"
                    + (f" — {ps['why_fewer']}" if ps.get("why_fewer") else ""))
     clock.record("3 retrieve + label", t, f"{cands['candidates']} candidates for {cands['queries']} queries"
@@ -126,6 +130,7 @@ def daily_flywheel(cfg: FlywheelConfig = FlywheelConfig(), date: str | None = No
     clock.record("10 deploy", t, f"service {dep.get('action', dep.get('skipped'))}; max |served − offline| = "
                                 f"{dep.get('max_abs_diff', float('nan')):.1e} over {dep.get('pairs_checked', 0)} pairs")
     summary = {"date": date, "config": cfg.name, "stages": clock.stages, "calibration": cal, "labels": labels,
+               "candidates": cands | ({"pseudo_queries": ps} if ps else {}),
                "rungs": rungs | curve | (comp_rungs or {}), "engagement": events, "evaluation": ev, "pruning": acc,
                "compression": comp, "registered": reg, "promotion": promo, "deploy": dep,
                "notes": ["The offline judge is a calibrated linear scorer over Gemma 3 270M query likelihood, BM25 "

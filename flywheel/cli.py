@@ -77,12 +77,12 @@ def import_beir(directory: Path = typer.Argument(..., help="folder with corpus.j
     lake = Lake(paths.lake)
     try:
         tables, stats = add_assumed_negatives(read_beir(directory, name), negatives_per_query, mode=negatives)
-        counts = _import(directory, lake, name)
+        counts = _import(directory, lake, name, tables=tables)
     except (BeirFormatError, ValueError) as exc:
         typer.secho(f"error: {exc}", fg="red", err=True)
         raise typer.Exit(2)
     lab = tables["golden_labels"]
-    lake.write("golden_labels", lab[lab.rater_id == ASSUMED_RATER])
+    counts["golden_labels"] = int((lab.rater_id != ASSUMED_RATER).sum())
     typer.echo(json.dumps(counts | {"assumed_negatives": stats["assumed_negatives"]}))
 
 

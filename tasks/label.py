@@ -8,6 +8,17 @@ from flywheel.labeling import daily as lib
 from tasks._common import artifact, content_key, paths, progress
 
 
+@task(name="add-pseudo-queries", retries=2, retry_delay_seconds=1, cache_key_fn=content_key, persist_result=True)
+def add_pseudo_queries(n: int, seed: int, queries_fp: str, documents_fp: str) -> dict:
+    """Queries made from documents (``retrieval.pseudo_queries``), written to the lake's queries once per corpus:
+    keyed by the seeded tables, so the next day's candidates stay cached. Returns ``queries_fp`` after the write."""
+    from flywheel.data.lake import open_lake
+
+    lk = open_lake(paths())
+    out = candidates.add_pseudo_queries(n, seed, lk)
+    return out | {"queries_fp": lk.fingerprint("queries")}
+
+
 @task(name="retrieve-candidates", retries=2, retry_delay_seconds=1, cache_key_fn=content_key, persist_result=True)
 def retrieve_candidates(date: str, cfg: FlywheelConfig, queries_fp: str, documents_fp: str) -> dict:
     return candidates.retrieve_candidates(date, cfg, paths())

@@ -110,9 +110,11 @@ def read_beir(directory: str | Path, name: str | None = None) -> dict[str, pd.Da
     return {"queries": qdf, "documents": docs, "golden_labels": lab.astype({"n_raters": "int16"})}
 
 
-def import_beir(directory: str | Path, lake: Lake, name: str | None = None) -> dict:
-    """Validate everything first, then write: a bad file leaves the lake untouched."""
-    tables = read_beir(directory, name)
+def import_beir(directory: str | Path, lake: Lake, name: str | None = None,
+                tables: dict[str, pd.DataFrame] | None = None) -> dict:
+    """Validate everything first, then write: a bad file leaves the lake untouched. ``tables``: what
+    :func:`read_beir` returned for ``directory`` (possibly with assumed negatives added), to read it only once."""
+    tables = read_beir(directory, name) if tables is None else tables
     for t in ("queries", "documents", "golden_labels"):
         lake.write(t, tables[t])
     return {t: int(len(df)) for t, df in tables.items()}

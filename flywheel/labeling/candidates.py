@@ -20,7 +20,6 @@ from flywheel.settings import Paths
 def retrieve_candidates(date: str, cfg: FlywheelConfig, paths: Paths) -> dict:
     lk = open_lake(paths)
     r = cfg.retrieval
-    pseudo = add_pseudo_queries(r.pseudo_queries, cfg.seed, lk) if r.pseudo_queries else None
     queries = lk.read("queries")
     queries = queries[queries.split.fillna("") != "test"].sort_values("query_id")
     ret = retriever(paths)
@@ -38,15 +37,14 @@ def retrieve_candidates(date: str, cfg: FlywheelConfig, paths: Paths) -> dict:
     by = cands.retrieved_by.value_counts().to_dict()
     pg = {int(k): int(v) for k, v in cands.predicted_grade.dropna().value_counts().sort_index().items()}
     return {"date": date, "queries": int(len(queries)), "candidates": int(len(cands)), "retrieved_by": by,
-            "predicted_grades": pg, "fingerprint": lk.fingerprint("candidates", date),
-            **({"pseudo_queries": pseudo} if pseudo else {})}
+            "predicted_grades": pg, "fingerprint": lk.fingerprint("candidates", date)}
 
 
 def add_pseudo_queries(n: int, seed: int, lk) -> dict:
     """Write ``n`` pseudo-queries (:func:`flywheel.data.pseudo.pseudo_queries`, never a golden query's text) into
     the lake's queries table (source ``pseudo:title`` / ``pseudo:text``, no split), where the day's candidate
-    retrieval and the judge find them; the same ones every day for a corpus and seed. Returns what was asked and
-    made, and why fewer."""
+    retrieval and the judge find them; the same ones every day for a corpus and seed (the flow runs it after
+    seeding, before retrieval: ``retrieval.pseudo_queries``). Returns what was asked and made, and why fewer."""
     from flywheel.data.pseudo import pseudo_queries, shortfall
 
     docs, queries = lk.read("documents"), lk.read("queries")

@@ -82,3 +82,33 @@ def test_calibrate_command_exits_3_when_the_gate_blocks(setup, tmp_path):
     blocked = CliRunner().invoke(app, ["calibrate", "--config", str(strict), "--output", str(tmp_path / "s.json")])
     assert blocked.exit_code == 3, blocked.output
     assert "0.990" in blocked.output and '"passed": false' in (tmp_path / "s.json").read_text()
+
+
+def test_pseudo_queries_are_seeded_once_and_retrieved_like_real_queries(tmp_path):
+    """retrieval.pseudo_queries: queries made from documents join the lake's queries (never the test split), the
+    day's candidates include pools for them, so the judge labels them; adding them again changes nothing, so the
+    candidates' cache key (the queries' fingerprint) stays the same from day to day."""
+    from flywheel.labeling.candidates import add_pseudo_queries
+    from flywheel.settings import get_paths
+
+    paths = get_paths(tmp_path / "home")
+    for p in (paths.lake, paths.models):
+        p.mkdir(parents=True, exist_ok=True)
+    cfg = load_config("configs/ci.yaml")
+    lk = lake(paths)
+    seed_golden(cfg.resolve(cfg.golden), lk)
+    before = lk.read("queries")
+    stats = add_pseudo_queries(15, cfg.seed, lk)
+    assert stats["requested"] == 15 and stats["made"] == 15 and not stats.get("why_fewer")
+    fp = lk.fingerprint("queries")
+    after = lk.read("queries")
+    made = after[after.query_id.str.startswith("pseudo:")]
+    assert len(after) == len(before) + 15 and len(made) == 15
+    assert made.split.isna().all() and made.source.str.startswith("pseudo:").all()
+    assert not set(made.text.str.lower()) & set(before.text.str.lower())      # never a golden query's text
+    assert add_pseudo_queries(15, cfg.seed, lk)["made"] == 15 and lk.fingerprint("queries") == fp
+
+    out = retrieve_candidates("2026-04-03", cfg, paths)
+    cands = lk.read("candidates", "2026-04-03")
+    assert set(made.query_id) <= set(cands.query_id)                       # every pseudo-query gets a pool
+    assert out["queries"] == int((after.split.fillna("") != "test").sum())
