@@ -108,6 +108,11 @@ class LadderConfig(BaseModel):
     # the teacher's target: the judge's continuous score (expected grade; "score") or its rounded grade ("grade")
     teacher_target: Literal["score", "grade"] = "score"
     teacher_ranknet_weight: float = Field(0.0, ge=0)   # + RankNet over each query's judged pairs, for the teacher
+    # what the distilled rungs (mid, student, pruned recovery) keep their best state by: "parent" = NDCG@10 against
+    # the parent's scores over the whole pools of the held-out queries (+ the same share of pseudo-queries);
+    # "judge" = against the judge's labels, like the teacher. On Avature the judge's ~8 labels a validation query
+    # made NDCG@10 saturate (0.93-0.95 for a truncated, untrained student) and keep students at their start.
+    distil_validation: Literal["parent", "judge"] = "parent"
 
     @model_validator(mode="after")
     def _names(self):

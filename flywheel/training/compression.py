@@ -31,7 +31,6 @@ def compress_student(parent: dict, form: str, size: int, judge_version: str, cfg
     judge's labels of its labelled pairs before training and after every epoch; a later state replaces the kept
     one only when it gains ``compression.min_val_gain``: distillation on a few dozen queries can overfit them,
     and then the starting point (for soft tokens, the fitted projection) is the better student."""
-    import copy
 
     import torch
 
@@ -71,20 +70,17 @@ def compress_student(parent: dict, form: str, size: int, judge_version: str, cfg
         pairs["doc_emb"] = [row[h] for h in pairs.doc_hash]
     val_q = validation_queries(pairs.query_id, cc.val_share, cfg.seed)
     train, val = pairs[~pairs.query_id.isin(val_q)], pairs[pairs.query_id.isin(val_q)]
-    history = [judge_ndcg(model, tok, contract, val)]
-    best, best_state, losses = history[0], copy.deepcopy(model.state_dict()), []
-    for epoch in range(cc.epochs):
-        losses += train_ranker(model, tok, contract, train, "teacher_score", "distill",
-                               TrainConfig(epochs=1, lr=cc.lr, batch_size=cfg.ladder.batch_size,
-                                           seed=cfg.seed + epoch, new_params_lr=cc.projection_lr), progress).losses
-        history.append(judge_ndcg(model, tok, contract, val))
-        if history[-1] >= best + cc.min_val_gain:
-            best, best_state = history[-1], copy.deepcopy(model.state_dict())
-    model.load_state_dict(best_state)
+    # The ladder's loop with early stopping: validated before training and after every epoch; a later state
+    # replaces the kept one only when it gains compression.min_val_gain, else the starting state is returned.
+    res = train_ranker(model, tok, contract, train, "teacher_score", "distill",
+                       TrainConfig(epochs=cc.epochs, lr=cc.lr, batch_size=cfg.ladder.batch_size, seed=cfg.seed,
+                                   new_params_lr=cc.projection_lr, min_delta=cc.min_val_gain),
+                       progress, validate=(lambda m: judge_ndcg(m, tok, contract, val)) if len(val) else None)
+    losses, history = res.losses, [v for _, v in res.history]
     _save_atomic(model, tok, replace(contract, dtype=cc.dtype), out)
     return _summary(out, losses, time.time() - t, rung=name, parent=parent["model_version"],
                     train_pairs=int(len(train)), val_queries=len(val_q), compression={"form": form, "size": int(size)},
-                    val_ndcg_by_epoch=[round(v, 4) for v in history], kept_epoch=history.index(best),
+                    val_ndcg_by_epoch=[round(v, 4) for v in history], kept=res.kept, kept_step=res.best_step,
                     **({"projection_fit_r2": round(fit_r2, 4)} if fit_r2 is not None else {}))
 
 

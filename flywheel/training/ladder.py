@@ -164,11 +164,12 @@ def judge_ndcg(model, tok, contract, pairs: pd.DataFrame) -> float:
     return float(ndcg_at_10(pairs, s, grade_col="grade"))
 
 
-def split_validation(pairs: pd.DataFrame, cfg: FlywheelConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+def split_validation(pairs: pd.DataFrame, cfg: FlywheelConfig, by: str = "judge") -> tuple[pd.DataFrame, pd.DataFrame]:
     """(train, validation): the validation fold's labelled queries (``ladder.validation_share``, seeded) with
     every row of theirs — labelled, retrieval pool or not — kept out of training. Drawn among real (not pseudo)
-    queries when there are 4 or more; unlabelled queries always train. Empty validation when the share is 0 or
-    fewer than 4 labelled queries."""
+    queries when there are 4 or more; unlabelled queries train. Empty validation when the share is 0 or
+    fewer than 4 labelled queries. ``by="judge"``: the validation rows are the fold's labelled pairs;
+    ``by="parent"`` (distillation): every row of the fold's queries, plus the same share of pseudo-queries."""
     lc = cfg.ladder
     labelled = pairs.query_id[pairs.grade.notna()] if "grade" in pairs else pairs.query_id
     real = labelled[~labelled.str.startswith("pseudo:")]
@@ -179,19 +180,48 @@ def split_validation(pairs: pd.DataFrame, cfg: FlywheelConfig) -> tuple[pd.DataF
     if len(val_q) in (0, labelled.nunique()):
         return pairs, pairs.iloc[:0]
     m = pairs.query_id.isin(val_q)
+    if by == "parent":      # whole pools, and the same share of pseudo-queries, held out
+        pseudo = pairs.query_id[pairs.query_id.str.startswith("pseudo:")]
+        m |= pairs.query_id.isin(validation_queries(pseudo, lc.validation_share, cfg.seed)) if len(pseudo) else False
+        return pairs[~m], pairs[m]
     return pairs[~m], pairs[m & pairs.grade.notna()] if "grade" in pairs else pairs[m]
 
 
+def parent_ndcg(model, tok, contract, pairs: pd.DataFrame, n_grades: int) -> float:
+    """NDCG@10 of ``model``'s scores against its parent's (``teacher_score``), binned within each query onto the
+    policy's scale (the parent's best document of a query gets the top grade, its worst 0): how well a distilled
+    rung keeps its parent's ranking on queries it never trained on."""
+    p = pairs.copy()
+    lo = p.groupby("query_id").teacher_score.transform("min")
+    hi = p.groupby("query_id").teacher_score.transform("max")
+    p["grade"] = ((p.teacher_score - lo) / (hi - lo).where(hi > lo, 1.0) * (n_grades - 1)).round()
+    return judge_ndcg(model, tok, contract, p)
+
+
 def train_validated(model, tok, contract, train: pd.DataFrame, val: pd.DataFrame, target: str, mode: str,
-                    tc, cfg: FlywheelConfig, progress=None, **kw) -> tuple[list[float], dict]:
-    """:func:`models.train.train_ranker` with early stopping on ``val`` (NDCG@10 against the judge's labels), and
-    the figures the summary reports: what was kept, and why when it is the starting point."""
+                    tc, cfg: FlywheelConfig, progress=None, by: str = "judge", **kw) -> tuple[list[float], dict]:
+    """:func:`models.train.train_ranker` with early stopping on ``val`` — NDCG@10 against the judge's labels
+    (``by="judge"``), or against the parent's scores (``by="parent"``, for distilled rungs; the judge's figure on
+    the fold's labelled pairs is reported beside it) — and the figures the summary reports: what was kept, and why
+    when it is the starting point."""
+    from flywheel.judge.policy import load_policy
     from models.train import train_ranker
 
-    validate = (lambda m: judge_ndcg(m, tok, contract, val)) if len(val) else None
+    if by == "parent":
+        n_grades = load_policy(cfg.resolve(cfg.policy)).max_grade + 1
+        metric = lambda m: parent_ndcg(m, tok, contract, val, n_grades)   # noqa: E731
+    else:
+        metric = lambda m: judge_ndcg(m, tok, contract, val)              # noqa: E731
+    labelled = val[val.grade.notna()] if "grade" in val else val.iloc[:0]
+    judged: dict = {}
+    if by == "parent" and len(labelled):
+        judged["judge_start"] = round(judge_ndcg(model, tok, contract, labelled), 4)
     tc.eval_every, tc.patience = cfg.ladder.eval_every, cfg.ladder.patience
-    res = train_ranker(model, tok, contract, train, target, mode, tc, progress, validate=validate, **kw)
-    v = res.summary() | {"queries": int(val.query_id.nunique()), "pairs": int(len(val))}
+    res = train_ranker(model, tok, contract, train, target, mode, tc, progress,
+                       validate=metric if len(val) else None, **kw)
+    if judged:
+        judged["judge_kept"] = round(judge_ndcg(model, tok, contract, labelled), 4)
+    v = res.summary() | {"by": by, "queries": int(val.query_id.nunique()), "pairs": int(len(val))} | judged
     if res.kept == "start":
         v["note"] = (f"no trained state beat the starting point on the validation fold (NDCG@10 "
                      f"{res.start_score:.4f}, best trained {max(x for s, x in res.history[1:]) if len(res.history) > 1 else float('nan'):.4f}): "
@@ -261,7 +291,8 @@ def _distillation_key(lc) -> list[str]:
     checkpoints made before they existed keep their keys)."""
     return ([f"pool{lc.pool_per_query}"] if lc.pool_per_query else []) + \
         ([f"listwise{lc.listwise_weight}"] if lc.listwise_weight else []) + \
-        ([f"pseudo{lc.pseudo_queries}"] if lc.pseudo_queries else []) + _validation_key(lc)
+        ([f"pseudo{lc.pseudo_queries}"] if lc.pseudo_queries else []) + _validation_key(lc) + \
+        ([f"distil-val-{lc.distil_validation}"] if lc.validation_share and lc.distil_validation != "judge" else [])
 
 
 def distillation_pairs(parent: dict, judge_version: str, pool_per_query: int, cfg: FlywheelConfig,
@@ -407,12 +438,12 @@ def distil(rung_name: str, parent: dict, judge_version: str, cfg: FlywheelConfig
     out = paths.models / "ladder" / f"{rung_name}-{key}"
     t = time.time()
     model, tok, contract = build_rung(rung, paths, cfg.seed, parent=parent)
-    train, val = split_validation(pairs, cfg)
+    train, val = split_validation(pairs, cfg, by=cfg.ladder.distil_validation)
     losses, validation = train_validated(
         model, tok, contract, train, val, "teacher_score", "distill",
         TrainConfig(epochs=rung.epochs, lr=rung.lr * 2, batch_size=cfg.ladder.batch_size, seed=cfg.seed,
                     aux_weight=cfg.engagement.weight if aux else 0.0, listwise_weight=cfg.ladder.listwise_weight),
-        cfg, progress, **aux)
+        cfg, progress, by=cfg.ladder.distil_validation, **aux)
     _save_atomic(model, tok, contract, out)
     extra = {"validation": validation, **({"pseudo_queries": pseudo} if pseudo else {})}
     if aux:
@@ -449,11 +480,11 @@ def prune_student(student: dict, judge_version: str, cfg: FlywheelConfig, paths:
 
         imp = width_importance(model, tok, contract, calib["query"].tolist(), calib.title.tolist(), calib.text.tolist())
         width = prune_width(model, imp, lc.prune_mlp_keep, lc.prune_kv_groups_keep)
-    train, val = split_validation(pairs, cfg)
+    train, val = split_validation(pairs, cfg, by=cfg.ladder.distil_validation)
     losses, validation = train_validated(
         model, tok, contract, train, val, "teacher_score", "distill",
         TrainConfig(epochs=cfg.ladder.recovery_epochs, lr=1e-4, batch_size=cfg.ladder.batch_size, seed=cfg.seed,
-                    listwise_weight=cfg.ladder.listwise_weight), cfg, progress)
+                    listwise_weight=cfg.ladder.listwise_weight), cfg, progress, by=cfg.ladder.distil_validation)
     _save_atomic(model, tok, contract, out)
     return _summary(out, losses, time.time() - t, rung=name, parent=student["model_version"], mlp_keep=lc.prune_mlp_keep,
                     block_influence=[round(v, 4) for v in influence], kept_layers=keep, width=width,

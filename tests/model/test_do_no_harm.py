@@ -116,3 +116,31 @@ def test_teacher_targets_follow_the_judge_score_not_only_its_grade():
     np.testing.assert_allclose(teacher_targets(p, 3, "score"), [0.0, 0.2, 1.4 / 3, 1.0, 2 / 3])
     np.testing.assert_allclose(teacher_targets(p, 3, "grade"), [0, 1 / 3, 1 / 3, 1, 2 / 3])
     np.testing.assert_allclose(teacher_targets(p, 4, "score")[3], 3.3 / 4)
+
+
+def test_distilled_rungs_validate_on_whole_pools_and_pseudo_queries_by_the_parents_ranking(toy):
+    """ladder.distil_validation "parent": the fold holds every row of its queries (labelled or pool) and the same
+    share of pseudo-queries, none of them trains; the metric is NDCG@10 against the parent's scores binned on the
+    scale, so a rung that ranks exactly like its parent scores 1 and one that ranks backwards scores less."""
+    from flywheel.config import FlywheelConfig
+    from flywheel.training.ladder import parent_ndcg, split_validation
+
+    qs = [f"q{i}" for i in range(60)] + [f"pseudo:d{i}" for i in range(60)]
+    pairs = pd.DataFrame({"query_id": np.repeat(qs, 4), "grade": 1.0})
+    pairs.loc[pairs.index % 4 == 3, "grade"] = np.nan                           # a pool row per query
+    pairs.loc[pairs.query_id.str.startswith("pseudo:"), "grade"] = np.nan
+    cfg = FlywheelConfig()
+    train, val = split_validation(pairs, cfg, by="parent")
+    judged_train, judged_val = split_validation(pairs, cfg)
+    assert not set(train.query_id) & set(val.query_id) and len(train) + len(val) == len(pairs)
+    assert set(judged_val.query_id) < set(val.query_id)                          # the judge's fold, and more
+    assert val.grade.isna().any() and (val.groupby("query_id").size() == 4).all()  # whole pools
+    assert 0.1 < val.query_id.str.startswith("pseudo:").sum() / 4 / 60 < 0.3     # a share of the pseudo-queries
+
+    model, tok = build_cross_encoder([0, 1], seed=0)
+    contract = ScoringContract(max_length=64)
+    p = toy.copy()
+    p["teacher_score"] = score_pairs(model, tok, contract, p["query"].tolist(), p.title.tolist(), p.text.tolist())
+    assert parent_ndcg(model, tok, contract, p, 4) == pytest.approx(1.0)
+    backwards = parent_ndcg(model, tok, contract, p.assign(teacher_score=-p.teacher_score), 4)
+    assert backwards < 0.9
