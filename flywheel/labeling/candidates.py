@@ -48,12 +48,13 @@ def add_pseudo_queries(n: int, seed: int, lk) -> dict:
     from flywheel.data.pseudo import pseudo_queries, shortfall
 
     docs, queries = lk.read("documents"), lk.read("queries")
-    queries = queries[~queries.query_id.str.startswith("pseudo:")]
-    made = pseudo_queries(docs, queries, n, seed)
-    if len(made):
-        lk.write("queries", pd.DataFrame({"query_id": made.query_id, "text": made.text, "domain": None,
-                                          "source": "pseudo:" + made.method, "split": None}))
-    return shortfall(n, made, docs)
+    present = set(queries.query_id)
+    made = pseudo_queries(docs, queries[~queries.query_id.str.startswith("pseudo:")], n, seed)
+    new = made[~made.query_id.isin(present)]      # a larger n later adds only the new ones (the draw is nested)
+    if len(new):
+        lk.write("queries", pd.DataFrame({"query_id": new.query_id, "text": new.text, "domain": None,
+                                          "source": "pseudo:" + new.method, "split": None}))
+    return shortfall(n, made, docs) | {"added": int(len(new))}
 
 
 def predict_grades(pool: pd.DataFrame, queries: pd.DataFrame, cfg: FlywheelConfig, paths: Paths) -> np.ndarray:

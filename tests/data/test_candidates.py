@@ -103,10 +103,14 @@ def test_pseudo_queries_are_seeded_once_and_retrieved_like_real_queries(tmp_path
     fp = lk.fingerprint("queries")
     after = lk.read("queries")
     made = after[after.query_id.str.startswith("pseudo:")]
-    assert len(after) == len(before) + 15 and len(made) == 15
+    assert len(after) == len(before) + 15 and len(made) == 15 and stats["added"] == 15
     assert made.split.isna().all() and made.source.str.startswith("pseudo:").all()
     assert not set(made.text.str.lower()) & set(before.text.str.lower())      # never a golden query's text
-    assert add_pseudo_queries(15, cfg.seed, lk)["made"] == 15 and lk.fingerprint("queries") == fp
+    assert add_pseudo_queries(15, cfg.seed, lk)["added"] == 0 and lk.fingerprint("queries") == fp
+    more = add_pseudo_queries(25, cfg.seed, lk)                    # asking for more later adds only the new ones
+    after = lk.read("queries")
+    made = after[after.query_id.str.startswith("pseudo:")]
+    assert more["added"] == 10 and after.query_id.is_unique and len(made) == 25
 
     out = retrieve_candidates("2026-04-03", cfg, paths)
     cands = lk.read("candidates", "2026-04-03")
