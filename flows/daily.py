@@ -71,7 +71,7 @@ def daily_flywheel(cfg: FlywheelConfig = FlywheelConfig(), date: str | None = No
     clock.record("5 teacher → mid → student", t, " → ".join(
         f"{r['layers']}L/{r['params_non_embedding'] / 1e6:.1f}M" for r in (teacher, mid, student))
         + "; validation NDCG@10 start → kept: " + ", ".join(
-            f"{r['rung']} {v['validation_start']:.3f} → {v['validation_best']:.3f}"
+            f"{r['rung']} {v['validation_start']:.3f} → {v['validation_best']:.3f} (vs {v.get('by', 'judge')})"
             + (" (STARTING POINT KEPT)" if v["kept"] == "start" else "")
             for r in (teacher, mid, student) if "validation_start" in (v := r.get("validation") or {}))
         + (f"; student also distilled from the engagement teacher ({'SIMULATED' if events['simulated'] else 'real'}"

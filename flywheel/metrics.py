@@ -32,6 +32,8 @@ def ndcg_at_10(pairs: pd.DataFrame, scores, grade_col: str = "aggregated_grade")
     qrels = qrels_from(pairs, grade_col)
     # Queries whose judged documents are all irrelevant have no ideal ranking; ranx scores them 0. Keep them out.
     keep = {q for q, d in qrels.items() if max(d.values()) > 0}
+    if not keep:      # nothing relevant anywhere (e.g. a validation fold whose parent scores are all equal)
+        return 0.0
     sub = pairs[pairs.query_id.isin(keep)]
     return float(evaluate(Qrels(qrels_from(sub, grade_col)), Run(run_from(sub, np.asarray(scores)[pairs.query_id.isin(keep).to_numpy()])),
                           "ndcg@10"))

@@ -75,15 +75,16 @@ def tables(summary: dict) -> list[tuple[str, list[str], list[list]]]:
                       v.get("gain_over_best_baseline"), v.get("n_params"), v.get("items_per_s")]
                      for k, v in ev.items()]))
     rungs = summary.get("rungs") or {}
-    val = [[k, r["validation"].get("queries"), r["validation"].get("validation_start"),
-            r["validation"].get("validation_best"), r["validation"].get("best_step"), r.get("train_pairs"),
-            r["validation"]["kept"], r["validation"].get("note", "")]
-           for k, r in rungs.items() if isinstance(r, dict) and r.get("validation")]
+    val = [[k, v.get("by", "judge"), v.get("queries"), v.get("validation_start"), v.get("validation_best"),
+            v.get("best_step"), r.get("train_pairs"), v["kept"],
+            f"{v['judge_start']:.4f} → {v['judge_kept']:.4f}" if "judge_kept" in v else "", v.get("note", "")]
+           for k, r in rungs.items() if isinstance(r, dict) and (v := r.get("validation"))]
     if val:
-        out.append(("Do no harm: each rung's NDCG@10 against the judge on its validation fold (queries it never "
-                    "trained on), at its starting point and at the state it kept",
-                    ["rung", "validation queries", "start", "kept", "kept at step", "train pairs", "kept state",
-                     "note"], val))
+        out.append(("Do no harm: each rung's NDCG@10 on its validation fold (queries it never trained on), at its "
+                    "starting point and at the state it kept — against the judge's labels (teacher) or its "
+                    "parent's ranking (distilled rungs; their judge figure beside it)",
+                    ["rung", "against", "validation queries", "start", "kept", "kept at step", "train pairs",
+                     "kept state", "judge: start → kept", "note"], val))
     comp = summary.get("compression") or {}
     acc = summary.get("pruning") or {}
     size = size_curve(summary)

@@ -21,7 +21,7 @@ def retrieve_candidates(date: str, cfg: FlywheelConfig, paths: Paths) -> dict:
     lk = open_lake(paths)
     r = cfg.retrieval
     queries = lk.read("queries")
-    queries = queries[queries.split.fillna("") != "test"].sort_values("query_id")
+    queries = queries[queries.split.fillna("") != "test"].drop_duplicates("query_id").sort_values("query_id")
     ret = retriever(paths)
     if r.per_grade:
         pool = ret.candidates(queries, r.pool_depth, r.pool_depth, r.n_random, seed=cfg.seed)

@@ -29,7 +29,7 @@ def compress_student(parent: dict, form: str, size: int, judge_version: str, cfg
 
     A validation fold of the distillation queries (``compression.val_share``) measures NDCG@10 against the
     judge's labels of its labelled pairs before training and after every epoch; a later state replaces the kept
-    one only when it gains ``compression.min_val_gain``: distillation on a few dozen queries can overfit them,
+    one only when it gains more than ``compression.min_val_gain``: distillation on a few dozen queries can overfit them,
     and then the starting point (for soft tokens, the fitted projection) is the better student."""
 
     import torch
@@ -75,7 +75,7 @@ def compress_student(parent: dict, form: str, size: int, judge_version: str, cfg
     res = train_ranker(model, tok, contract, train, "teacher_score", "distill",
                        TrainConfig(epochs=cc.epochs, lr=cc.lr, batch_size=cfg.ladder.batch_size, seed=cfg.seed,
                                    new_params_lr=cc.projection_lr, min_delta=cc.min_val_gain),
-                       progress, validate=(lambda m: judge_ndcg(m, tok, contract, val)) if len(val) else None)
+                       progress, validate=(lambda m: judge_ndcg(m, tok, contract, val)) if val.grade.notna().any() else None)
     losses, history = res.losses, [v for _, v in res.history]
     _save_atomic(model, tok, replace(contract, dtype=cc.dtype), out)
     return _summary(out, losses, time.time() - t, rung=name, parent=parent["model_version"],

@@ -143,8 +143,10 @@ def _summary(ckpt: Path, losses: list[float], seconds: float, **extra) -> dict:
 
 
 def validation_queries(query_ids, share: float, seed: int) -> set[str]:
-    """The seeded validation fold: each query whose hash of (seed, query) falls under ``share``. The same queries
-    for every rung of a run (and the compressed students), so none of them trains on a query another validates on."""
+    """The seeded validation fold: each query whose hash of (seed, query) falls under ``share``. The same real
+    queries for every rung of a run (and the compressed students), so none of them trains on a labelled real query
+    another validates on. Distilled rungs validated by their parent also hold out that share of pseudo-queries,
+    which the teacher may have trained on when the judge labelled them (``retrieval.pseudo_queries``)."""
     return {q for q in pd.unique(pd.Series(query_ids)) if int(sha256_text("val", str(seed), q)[:8], 16) / 0xFFFFFFFF < share}
 
 

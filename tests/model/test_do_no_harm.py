@@ -144,3 +144,18 @@ def test_distilled_rungs_validate_on_whole_pools_and_pseudo_queries_by_the_paren
     assert parent_ndcg(model, tok, contract, p, 4) == pytest.approx(1.0)
     backwards = parent_ndcg(model, tok, contract, p.assign(teacher_score=-p.teacher_score), 4)
     assert backwards < 0.9
+
+
+def test_distil_validation_is_part_of_the_checkpoint_key_and_a_fold_with_nothing_relevant_scores_zero():
+    """Switching ladder.distil_validation retrains the distilled rungs (their cache key changes; "judge" keeps the
+    key checkpoints had before the option existed); a fold where no pair is relevant scores 0 instead of crashing."""
+    from flywheel.config import FlywheelConfig
+    from flywheel.training.ladder import _distillation_key
+
+    lc = FlywheelConfig().ladder
+    parent, judge = (_distillation_key(lc.model_copy(update={"distil_validation": v})) for v in ("parent", "judge"))
+    assert parent != judge and parent[:-1] == judge
+    off = lc.model_copy(update={"validation_share": 0.0})
+    assert _distillation_key(off) == _distillation_key(off.model_copy(update={"distil_validation": "judge"}))
+    flat = pd.DataFrame({"query_id": ["a", "a", "b"], "doc_id": ["x", "y", "z"], "grade": [0.0, 0.0, 0.0]})
+    assert ndcg_at_10(flat, [0.3, 0.1, 0.2], grade_col="grade") == 0.0
