@@ -112,6 +112,7 @@ class LadderConfig(BaseModel):
     # the parent's scores over the whole pools of the held-out queries (+ the same share of pseudo-queries);
     # "judge" = against the judge's labels, like the teacher. On Avature the judge's ~8 labels a validation query
     # made NDCG@10 saturate (0.93-0.95 for a truncated, untrained student) and keep students at their start.
+    # "parent" needs pool_per_query > 0 (whole pools to rank); without pools the judge's labels are used.
     distil_validation: Literal["parent", "judge"] = "parent"
 
     @model_validator(mode="after")

@@ -288,13 +288,21 @@ def teacher_scores(parent: dict, judge_version: str, paths: Paths) -> pd.DataFra
     return stored_scores(parent, training_pairs(judge_version, paths), paths)
 
 
+def distil_validation(lc) -> str:
+    """What the distilled rungs validate against: ``ladder.distil_validation``, except that "parent" needs
+    retrieval pools (``pool_per_query`` > 0). Without them the fold is the same few labelled pairs a query, and the
+    judge's labels are the better target on them (configs/ci.yaml's one-epoch student kept its truncated start
+    against its parent and ended 0.009 above chance; against the judge it trains)."""
+    return lc.distil_validation if lc.pool_per_query else "judge"
+
+
 def _distillation_key(lc) -> list[str]:
     """Cache-key parts of the distillation settings every rung below the teacher shares (none when off, so
     checkpoints made before they existed keep their keys)."""
     return ([f"pool{lc.pool_per_query}"] if lc.pool_per_query else []) + \
         ([f"listwise{lc.listwise_weight}"] if lc.listwise_weight else []) + \
         ([f"pseudo{lc.pseudo_queries}"] if lc.pseudo_queries else []) + _validation_key(lc) + \
-        ([f"distil-val-{lc.distil_validation}"] if lc.validation_share and lc.distil_validation != "judge" else [])
+        ([f"distil-val-{distil_validation(lc)}"] if lc.validation_share and distil_validation(lc) != "judge" else [])
 
 
 def distillation_pairs(parent: dict, judge_version: str, pool_per_query: int, cfg: FlywheelConfig,
@@ -440,12 +448,12 @@ def distil(rung_name: str, parent: dict, judge_version: str, cfg: FlywheelConfig
     out = paths.models / "ladder" / f"{rung_name}-{key}"
     t = time.time()
     model, tok, contract = build_rung(rung, paths, cfg.seed, parent=parent)
-    train, val = split_validation(pairs, cfg, by=cfg.ladder.distil_validation)
+    train, val = split_validation(pairs, cfg, by=distil_validation(cfg.ladder))
     losses, validation = train_validated(
         model, tok, contract, train, val, "teacher_score", "distill",
         TrainConfig(epochs=rung.epochs, lr=rung.lr * 2, batch_size=cfg.ladder.batch_size, seed=cfg.seed,
                     aux_weight=cfg.engagement.weight if aux else 0.0, listwise_weight=cfg.ladder.listwise_weight),
-        cfg, progress, by=cfg.ladder.distil_validation, **aux)
+        cfg, progress, by=distil_validation(cfg.ladder), **aux)
     _save_atomic(model, tok, contract, out)
     extra = {"validation": validation, **({"pseudo_queries": pseudo} if pseudo else {})}
     if aux:
@@ -482,11 +490,11 @@ def prune_student(student: dict, judge_version: str, cfg: FlywheelConfig, paths:
 
         imp = width_importance(model, tok, contract, calib["query"].tolist(), calib.title.tolist(), calib.text.tolist())
         width = prune_width(model, imp, lc.prune_mlp_keep, lc.prune_kv_groups_keep)
-    train, val = split_validation(pairs, cfg, by=cfg.ladder.distil_validation)
+    train, val = split_validation(pairs, cfg, by=distil_validation(cfg.ladder))
     losses, validation = train_validated(
         model, tok, contract, train, val, "teacher_score", "distill",
         TrainConfig(epochs=cfg.ladder.recovery_epochs, lr=1e-4, batch_size=cfg.ladder.batch_size, seed=cfg.seed,
-                    listwise_weight=cfg.ladder.listwise_weight), cfg, progress, by=cfg.ladder.distil_validation)
+                    listwise_weight=cfg.ladder.listwise_weight), cfg, progress, by=distil_validation(cfg.ladder))
     _save_atomic(model, tok, contract, out)
     return _summary(out, losses, time.time() - t, rung=name, parent=student["model_version"], mlp_keep=lc.prune_mlp_keep,
                     block_influence=[round(v, 4) for v in influence], kept_layers=keep, width=width,

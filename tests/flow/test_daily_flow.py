@@ -118,8 +118,8 @@ def test_crash_in_a_late_stage_resumes_from_cache_and_warm_rerun_redoes_nothing(
     assert summary["evaluation"]["baselines"] == ["zero_shot_start", "bi-encoder", "bm25"]
     for rung in ("teacher", "mid", "student", "student_pruned"):
         v = summary["rungs"][rung]["validation"]
-        assert v["by"] == ("judge" if rung == "teacher" else "parent"), (rung, v)
-        assert ("judge_kept" in v) == (rung != "teacher") and v["queries"] >= 5, (rung, v)
+        # configs/ci.yaml has no retrieval pools (ladder.pool_per_query 0): every rung validates on the judge
+        assert v["by"] == "judge" and "judge_kept" not in v and v["queries"] >= 5, (rung, v)
         kept = dict(v["validation_curve"])[v["best_step"]]
         assert kept == v["validation_best"] >= max(x for _, x in v["validation_curve"]) - 1e-4, (rung, v)
         assert v["kept"] in {"best", "start"} and v["validation_curve"][0][0] == 0

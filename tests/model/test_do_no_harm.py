@@ -150,12 +150,36 @@ def test_distil_validation_is_part_of_the_checkpoint_key_and_a_fold_with_nothing
     """Switching ladder.distil_validation retrains the distilled rungs (their cache key changes; "judge" keeps the
     key checkpoints had before the option existed); a fold where no pair is relevant scores 0 instead of crashing."""
     from flywheel.config import FlywheelConfig
-    from flywheel.training.ladder import _distillation_key
+    from flywheel.training.ladder import _distillation_key, distil_validation
 
-    lc = FlywheelConfig().ladder
+    lc = FlywheelConfig().ladder.model_copy(update={"pool_per_query": 8})
     parent, judge = (_distillation_key(lc.model_copy(update={"distil_validation": v})) for v in ("parent", "judge"))
     assert parent != judge and parent[:-1] == judge
     off = lc.model_copy(update={"validation_share": 0.0})
     assert _distillation_key(off) == _distillation_key(off.model_copy(update={"distil_validation": "judge"}))
+    no_pools = lc.model_copy(update={"pool_per_query": 0})              # nothing but labelled pairs to rank:
+    assert distil_validation(no_pools) == "judge"                        # the judge's labels are the target
+    assert _distillation_key(no_pools) == _distillation_key(no_pools.model_copy(update={"distil_validation": "judge"}))
     flat = pd.DataFrame({"query_id": ["a", "a", "b"], "doc_id": ["x", "y", "z"], "grade": [0.0, 0.0, 0.0]})
     assert ndcg_at_10(flat, [0.3, 0.1, 0.2], grade_col="grade") == 0.0
+
+
+def test_a_distilled_rung_validated_by_its_parent_reports_the_judge_beside_it(toy):
+    """train_validated(by="parent"): early stopping on agreement with the parent over the whole fold, the judge's
+    NDCG@10 on the fold's labelled pairs measured at the start and at the kept state, which is the start here
+    because the rung *is* its parent (nothing can rank more like it)."""
+    from flywheel.config import FlywheelConfig
+    from flywheel.training.ladder import train_validated
+
+    train, val = _split(toy)
+    model, tok = build_cross_encoder([0, 1], seed=0)
+    contract = ScoringContract(max_length=64)
+    score = lambda p: score_pairs(model, tok, contract, p["query"].tolist(), p.title.tolist(), p.text.tolist())  # noqa: E731
+    val = val.assign(teacher_score=score(val))
+    train = train.assign(teacher_score=1.0 - train.target)               # pulls it away from its own ranking
+    start_judge = _ndcg(model, tok, contract, val)
+    _, v = train_validated(model, tok, contract, train, val, "teacher_score", "distill",
+                           TrainConfig(epochs=2, lr=3e-3, batch_size=16, warmup_frac=0.0), FlywheelConfig(),
+                           by="parent")
+    assert v["by"] == "parent" and v["validation_start"] == pytest.approx(1.0)
+    assert v["kept"] == "start" and v["judge_start"] == v["judge_kept"] == pytest.approx(start_judge, abs=1e-4)
