@@ -71,7 +71,7 @@ def compress_student(parent: dict, form: str, size: int, judge_version: str, cfg
     val_q = validation_queries(pairs.query_id, cc.val_share, cfg.seed)
     train, val = pairs[~pairs.query_id.isin(val_q)], pairs[pairs.query_id.isin(val_q)]
     # The ladder's loop with early stopping: validated before training and after every epoch; a later state
-    # replaces the kept one only when it gains compression.min_val_gain, else the starting state is returned.
+    # replaces the kept one only when it gains more than compression.min_val_gain, else the starting state is returned.
     res = train_ranker(model, tok, contract, train, "teacher_score", "distill",
                        TrainConfig(epochs=cc.epochs, lr=cc.lr, batch_size=cfg.ladder.batch_size, seed=cfg.seed,
                                    new_params_lr=cc.projection_lr, min_delta=cc.min_val_gain),

@@ -297,6 +297,17 @@ def distil_validation(lc) -> str:
     return lc.distil_validation if lc.pool_per_query else "judge"
 
 
+def distil_validated(model, tok, contract, pairs: pd.DataFrame, tc, cfg: FlywheelConfig, progress=None,
+                     **kw) -> tuple[pd.DataFrame, list[float], dict]:
+    """Distil ``pairs`` (column ``teacher_score``) into ``model`` with the fold and metric of
+    :func:`distil_validation`: (training pairs, losses, validation summary). Every rung below the teacher."""
+    by = distil_validation(cfg.ladder)
+    train, val = split_validation(pairs, cfg, by=by)
+    losses, validation = train_validated(model, tok, contract, train, val, "teacher_score", "distill", tc, cfg,
+                                         progress, by=by, **kw)
+    return train, losses, validation
+
+
 def _distillation_key(lc) -> list[str]:
     """Cache-key parts of the distillation settings every rung below the teacher shares (none when off, so
     checkpoints made before they existed keep their keys)."""
@@ -449,12 +460,11 @@ def distil(rung_name: str, parent: dict, judge_version: str, cfg: FlywheelConfig
     out = paths.models / "ladder" / f"{rung_name}-{key}"
     t = time.time()
     model, tok, contract = build_rung(rung, paths, cfg.seed, parent=parent)
-    train, val = split_validation(pairs, cfg, by=distil_validation(cfg.ladder))
-    losses, validation = train_validated(
-        model, tok, contract, train, val, "teacher_score", "distill",
+    train, losses, validation = distil_validated(
+        model, tok, contract, pairs,
         TrainConfig(epochs=rung.epochs, lr=rung.lr * 2, batch_size=cfg.ladder.batch_size, seed=cfg.seed,
                     aux_weight=cfg.engagement.weight if aux else 0.0, listwise_weight=cfg.ladder.listwise_weight),
-        cfg, progress, by=distil_validation(cfg.ladder), **aux)
+        cfg, progress, **aux)
     _save_atomic(model, tok, contract, out)
     extra = {"validation": validation, **({"pseudo_queries": pseudo} if pseudo else {})}
     if aux:
@@ -491,11 +501,10 @@ def prune_student(student: dict, judge_version: str, cfg: FlywheelConfig, paths:
 
         imp = width_importance(model, tok, contract, calib["query"].tolist(), calib.title.tolist(), calib.text.tolist())
         width = prune_width(model, imp, lc.prune_mlp_keep, lc.prune_kv_groups_keep)
-    train, val = split_validation(pairs, cfg, by=distil_validation(cfg.ladder))
-    losses, validation = train_validated(
-        model, tok, contract, train, val, "teacher_score", "distill",
+    _, losses, validation = distil_validated(
+        model, tok, contract, pairs,
         TrainConfig(epochs=cfg.ladder.recovery_epochs, lr=1e-4, batch_size=cfg.ladder.batch_size, seed=cfg.seed,
-                    listwise_weight=cfg.ladder.listwise_weight), cfg, progress, by=distil_validation(cfg.ladder))
+                    listwise_weight=cfg.ladder.listwise_weight), cfg, progress)
     _save_atomic(model, tok, contract, out)
     return _summary(out, losses, time.time() - t, rung=name, parent=student["model_version"], mlp_keep=lc.prune_mlp_keep,
                     block_influence=[round(v, 4) for v in influence], kept_layers=keep, width=width,
