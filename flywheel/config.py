@@ -65,6 +65,33 @@ class RetrievalConfig(BaseModel):
     pseudo_queries: int = Field(0, ge=0, le=20000)
 
 
+class LoraSettings(BaseModel):
+    """Low-rank adapters (``peft``) on the rung's ``target_modules``: only the adapters train, and they are merged
+    into the base weights when the rung is saved, so the checkpoint is a plain HF one (``models.lora``)."""
+    model_config = ConfigDict(extra="forbid")
+    r: int = Field(16, ge=1, le=1024)
+    alpha: float = Field(32.0, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] = Field(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+                                      min_length=1)
+
+
+class LaunchSettings(BaseModel):
+    """How a rung's training is launched: in the task's own process (``nproc_per_node`` = ``nnodes`` = 1), or as a
+    ``torchrun`` job of ``nproc_per_node`` processes on each of ``nnodes`` machines meeting at ``rdzv_endpoint``
+    (``flywheel.training.launch``). Every machine runs the same flow task; torchrun assigns the ranks."""
+    model_config = ConfigDict(extra="forbid")
+    nproc_per_node: int = Field(1, ge=1, le=64)
+    nnodes: int = Field(1, ge=1, le=1024)
+    rdzv_endpoint: str = "127.0.0.1:29500"     # host:port of the rendezvous (node 0's address on a cluster)
+    rdzv_id: str | None = None                  # the job's id at the rendezvous (default: the rung's cache key)
+    timeout_s: float = Field(24 * 3600, gt=0)   # wall-clock limit of the whole job
+
+    @property
+    def world_size(self) -> int:
+        return self.nproc_per_node * self.nnodes
+
+
 class RungConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str
@@ -79,6 +106,31 @@ class RungConfig(BaseModel):
     lr: float = Field(5e-5, gt=0)
     max_length: int = Field(64, ge=16)
     freeze_embeddings: bool = False      # token embeddings take no gradient (large-vocabulary pretrained decoders)
+    # --- where and how it trains (models.runtime); the global batch is ladder.batch_size pairs whatever the
+    # number of processes: batch_size = micro_batch_size x grad_accum_steps x processes
+    device: Literal["auto", "cpu", "cuda"] = "auto"       # auto: CUDA when present, else CPU
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"   # autocast dtype; fp16 with a gradient scaler
+    strategy: Literal["single", "ddp", "fsdp"] = "single"  # fsdp shards parameters, gradients and optimizer state
+    gradient_checkpointing: bool = False
+    micro_batch_size: int | None = Field(None, ge=1)      # pairs per forward pass per process (None: derived)
+    grad_accum_steps: int | None = Field(None, ge=1)      # micro-batches per optimizer step (None: derived)
+    lora: LoraSettings | None = None
+    launch: LaunchSettings = LaunchSettings()
+
+    @model_validator(mode="after")
+    def _scale(self):
+        if self.launch.world_size > 1 and self.strategy == "single":
+            raise ValueError(f"rung {self.name!r}: launch runs {self.launch.world_size} processes but strategy is "
+                             "'single'; set strategy: ddp (or fsdp)")
+        return self
+
+    def key_json(self) -> str:
+        """The rung's settings that decide its weights, for cache keys: where it runs and how it is launched are
+        left out (the same weights within tolerance), and so are settings at their defaults that predate nothing
+        (so checkpoints trained before they existed keep their keys)."""
+        run_only = {"device", "strategy", "gradient_checkpointing", "micro_batch_size", "grad_accum_steps", "launch"}
+        at_default = {k for k in ("precision", "lora") if getattr(self, k) == type(self).model_fields[k].default}
+        return self.model_dump_json(exclude=run_only | at_default)
 
 
 class LadderConfig(BaseModel):
@@ -114,6 +166,9 @@ class LadderConfig(BaseModel):
     # made NDCG@10 saturate (0.93-0.95 for a truncated, untrained student) and keep students at their start.
     # "parent" needs pool_per_query > 0 (whole pools to rank); without pools the judge's labels are used.
     distil_validation: Literal["parent", "judge"] = "parent"
+    # step checkpoints (model, optimizer, scheduler, RNG, data position) every this many optimizer steps, so a
+    # killed or retried rung resumes where it was (0 = none; models.train)
+    checkpoint_every: int = Field(0, ge=0)
 
     @model_validator(mode="after")
     def _names(self):

@@ -254,12 +254,12 @@ def train_teacher(judge_version: str, labels_fingerprint: str, cfg: FlywheelConf
     if pairs.empty:
         raise ValueError(f"no usable labels for judge {judge_version}: label candidates first")
     pairs["target"] = teacher_targets(pairs, load_policy(cfg.resolve(cfg.policy)).max_grade, lc.teacher_target)
-    key = sha256_text(judge_version, labels_fingerprint, rung.model_dump_json(), str(lc.batch_size),
+    key = sha256_text(judge_version, labels_fingerprint, rung.key_json(), str(lc.batch_size),
                       *_validation_key(lc))[:12]
     out = paths.models / "ladder" / f"teacher-{key}"
     t = time.time()
     model, tok, contract = build_rung(rung, paths, cfg.seed)
-    start_key = sha256_text(rung.model_dump_json(), str(cfg.seed), open_lake(paths).fingerprint("documents"))[:12]
+    start_key = sha256_text(rung.key_json(), str(cfg.seed), open_lake(paths).fingerprint("documents"))[:12]
     start = paths.models / "ladder" / f"start-{start_key}"
     if not (start / "model.safetensors").exists():
         _save_atomic(model, tok, contract, start)
@@ -414,7 +414,7 @@ def train_engagement_teacher(events_fingerprint: str, cfg: FlywheelConfig, paths
     if (pairs.split == "test").any():
         raise RuntimeError("engagement on golden test queries reached training")
     rung = cfg.ladder.rungs[0]
-    key = sha256_text(events_fingerprint, rung.model_dump_json(), cfg.engagement.model_dump_json())[:12]
+    key = sha256_text(events_fingerprint, rung.key_json(), cfg.engagement.model_dump_json())[:12]
     out = paths.models / "ladder" / f"engagement-{key}"
     t = time.time()
     model, tok, contract = build_rung(rung, paths, cfg.seed)
@@ -454,7 +454,7 @@ def distil(rung_name: str, parent: dict, judge_version: str, cfg: FlywheelConfig
         seen_keys = set(zip(seen.query_id, seen.doc_id))
         pairs["engagement_mask"] = [float((q, d) in seen_keys) for q, d in zip(pairs.query_id, pairs.doc_id)]
         aux = {"aux_target": "engagement_score", "aux_mask": "engagement_mask"}
-    key = sha256_text(parent["model_version"], rung.model_dump_json(), str(cfg.ladder.batch_size),
+    key = sha256_text(parent["model_version"], rung.key_json(), str(cfg.ladder.batch_size),
                       *([engagement["model_version"], str(cfg.engagement.weight)] if aux else []),
                       *_distillation_key(cfg.ladder))[:12]
     out = paths.models / "ladder" / f"{rung_name}-{key}"
