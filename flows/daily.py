@@ -30,6 +30,7 @@ def daily_flywheel(cfg: FlywheelConfig = FlywheelConfig(), date: str | None = No
                    keep_serving: bool = False) -> dict:
     date = date or _date.today().isoformat()
     clock, t = _Clock(), time.perf_counter()
+    train.plan_ladder(cfg)      # a rung that cannot fit the GPUs stops the flow here, before any GPU time
     pol = policy.ingest_policy(str(cfg.resolve(cfg.policy)), file_hash(cfg.resolve(cfg.policy)))
     golden_dir = cfg.resolve(cfg.golden)
     seed = policy.seed_golden(str(golden_dir), "".join(file_hash(p) for p in sorted(golden_dir.glob("*.parquet"))))

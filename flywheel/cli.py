@@ -54,6 +54,65 @@ def calibrate(config: str = typer.Option("configs/demo.yaml", help="flywheel con
     raise typer.Exit(0 if summary["gate"]["passed"] else 3)
 
 
+@app.command()
+def plan(config: str = typer.Option("configs/production.yaml", help="flywheel config: its ladder"),
+         gpus: Optional[int] = typer.Option(None, help="GPUs each ddp/fsdp rung trains on (default: its launch "
+                                                        "nproc_per_node x nnodes; strategy single always uses one)"),
+         gpu_memory_gb: float = typer.Option(80.0, help="memory of one GPU, GiB"),
+         tflops: float = typer.Option(989.0, help="peak TFLOP/s of one GPU (989: H100 SXM, bf16 dense)"),
+         mfu: float = typer.Option(0.4, help="model FLOP utilisation assumed of that peak"),
+         pairs: int = typer.Option(100_000, help="training pairs per epoch, for the time estimate")):
+    """Will each rung fit? Prints, per rung, its parameters (total and trainable), the memory per GPU of weights,
+    gradients, AdamW state and activations under its strategy, precision, LoRA and gradient checkpointing, the
+    tokens per optimizer step and an estimated time per epoch from TFLOP/s x MFU; then the assumptions.
+    Nothing is downloaded: shapes come from known checkpoints or a local config.json. Exit code 3 when a rung
+    does not fit, with the setting to change (formulas: flywheel/training/plan.py)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from flywheel.config import load_config
+    from flywheel.training import plan as pl
+
+    try:
+        plans = pl.plan_ladder(load_config(config), gpus, gpu_memory_gb, tflops, mfu, pairs)
+    except (ValueError, FileNotFoundError) as exc:
+        typer.secho(f"error: {exc}", fg="red", err=True)
+        raise typer.Exit(2)
+    table = Table(title=f"{config}: memory per device and time per epoch")
+    for col in ("rung", "checkpoint", "params", "trainable", "strategy / precision / lora", "GPUs", "weights",
+                "grads", "optimizer", "activations", "total / GPU", "fits", "tokens / step", "time / epoch"):
+        table.add_column(col, justify="left" if col in ("rung", "checkpoint", "strategy / precision / lora")
+                         else "right")
+    gib = "{:.2f} GiB".format
+    for p in plans:
+        setup = f"{p.strategy} / {p.precision} / " + (f"r={p.lora_r}" if p.lora_r else "full") \
+            + (" / ckpt" if p.gradient_checkpointing else "") + f" / micro {p.micro_batch}"
+        table.add_row(p.rung, p.checkpoint, pl.format_count(p.params), pl.format_count(p.trainable), setup,
+                      str(p.world) if p.device == "gpu" else "cpu", gib(p.weights_gib), gib(p.grads_gib),
+                      gib(p.optimizer_gib), gib(p.activations_gib), gib(p.total_gib),
+                      ("yes" if p.fits else "NO") if p.device == "gpu" else "RAM", f"{p.tokens_per_step:,}",
+                      _duration(p.seconds_per_epoch))
+    Console(width=None if sys.stdout.isatty() else 220).print(table)
+    typer.echo(f"Assumptions: {gpu_memory_gb:g} GiB a GPU; {pairs:,} pairs an epoch, each padded to max_length; "
+               f"{tflops:g} TFLOP/s x MFU {mfu:g}; 6N FLOPs a token (4N with LoRA, +2N with checkpointing), N "
+               f"without embeddings; fp32 weights (a LoRA base too) + autocast's 16-bit copies; fp32 gradients (twice "
+               f"under ddp: its buckets) and AdamW moments of trainable parameters; / W under fsdp, + 2 gathered "
+               f"fp32 layers; activations per Korthikanti et al. 2022 with flash attention; total = sum x "
+               f"{1 + pl.FRAGMENTATION:g} + "
+               f"{pl.OVERHEAD_GIB:g} GiB. device: cpu rungs are host RAM and not checked.")
+    refused = [p.advice for p in plans if not p.fits]
+    for advice in refused:
+        typer.secho(advice, fg="red", err=True)
+    raise typer.Exit(3 if refused else 0)
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min" if seconds < 7200 \
+        else f"{seconds / 3600:.1f} h"
+
+
 @import_app.command("beir")
 def import_beir(directory: Path = typer.Argument(..., help="folder with corpus.jsonl, queries.jsonl, qrels/*.tsv"),
                 name: Optional[str] = typer.Option(None, help="dataset name used to prefix ids (default: folder name)"),

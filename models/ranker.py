@@ -21,6 +21,7 @@ from models.compress import SoftTokenRanker
 from models.contract import CONTRACT_FILE, ScoringContract, doc_strings, load_contract
 from models.cross_encoder import BertMeanPoolRanker
 from models.decoder import DecoderRanker
+from models.runtime import is_sharded
 
 
 def save_ranker(model, tokenizer, contract: ScoringContract, path: str | Path) -> Path:
@@ -109,7 +110,7 @@ def score_pairs(model, tokenizer, contract: ScoringContract, queries: list[str],
     if soft and (doc_emb is None or len(doc_emb) != len(queries)):
         raise ValueError(f"this ranker reads documents as {contract.soft_tokens} soft tokens: pass doc_emb, one "
                          f"{contract.embedder} embedding per pair")
-    if contract.family == "decoder" and shared_prefix and not soft:
+    if contract.family == "decoder" and shared_prefix and not soft and not is_sharded(model):
         out = [0.0] * len(queries)
         by_query: dict[str, list[int]] = {}
         for i, q in enumerate(queries):

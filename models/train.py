@@ -1,6 +1,13 @@
 """An explicit training loop for rankers: supervised on judge labels, or distilled from a teacher's scores.
 
 Batches hold whole queries (their candidates together), so the pairwise MarginMSE term sees real margins.
+One loop whatever runs it (:mod:`models.runtime`): each global batch of ``batch_size`` pairs is cut into
+``processes × grad_accum_steps`` contiguous micro-batches, rank ``r`` runs micro-batches ``r·k … r·k + k − 1``
+and each micro-batch's loss is weighted by its share of the batch, so one process with ``k`` accumulation steps
+and ``k`` processes with one step each take the same optimizer step (up to float summation order).
+With ``checkpoint_every``, the loop writes a step checkpoint (weights, optimizer, scheduler, loss scaler, every
+rank's RNG, the data order's position, the validation state) atomically to ``checkpoint_dir`` and, started again
+on the same directory, resumes from the newest: a run killed mid-epoch ends with the weights of one never stopped.
 With a ``validate`` callback (NDCG@10 on queries held out from training), the loop measures the starting point
 first, then every ``eval_every`` steps and at the end of each epoch, keeps the best state (early stopping after
 ``patience`` evaluations without gain) and ends on it: if nothing beat the starting point, the model ends as it
@@ -9,16 +16,23 @@ started, and :class:`TrainResult` says so.
 
 from __future__ import annotations
 
+import copy
+import logging
 import math
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import pandas as pd
 import torch
 
+from models import runtime as rtm
 from models.losses import listnet_kl, margin_mse, masked_mse, pointwise_soft_bce, ranknet, score_mse
 from models.ranker import encode_pairs
+
+log = logging.getLogger("flywheel.train")
 
 
 @dataclass
@@ -38,6 +52,10 @@ class TrainConfig:
     eval_every: int = 0            # with validate: also evaluate every this many steps (0 = once per epoch)
     patience: int = 0              # with validate: stop after this many evaluations without gain (0 = never stop)
     min_delta: float = 1e-4        # a validation gain smaller than this is no gain
+    micro_batch_size: int | None = None   # pairs per forward pass per process (None: from grad_accum_steps)
+    grad_accum_steps: int | None = None   # micro-batches per optimizer step per process (None: from micro_batch_size)
+    gradient_checkpointing: bool = False
+    checkpoint_every: int = 0      # with checkpoint_dir: a step checkpoint every this many optimizer steps
 
 
 @dataclass
@@ -83,10 +101,82 @@ def _batches(pairs: pd.DataFrame, batch_size: int, rng: np.random.Generator) -> 
     return out
 
 
+def accumulation_steps(batch_size: int, world: int, micro: int | None, accum: int | None) -> int:
+    """Micro-batches per optimizer step per process, so that batch_size = micro × accum × world (the global
+    batch stays the configured one whatever the number of processes)."""
+    if accum is None and micro is None:
+        return 1
+    if accum is None:
+        accum = batch_size // (micro * world)
+    if micro is None:
+        micro = batch_size // (accum * world)
+    if micro < 1 or micro * accum * world != batch_size:
+        raise ValueError(f"ladder.batch_size {batch_size} must equal micro_batch_size x grad_accum_steps x "
+                         f"processes ({micro} x {accum} x {world}): set micro_batch_size to a divisor of "
+                         f"{batch_size // world if batch_size % world == 0 else batch_size}, or leave "
+                         "grad_accum_steps unset")
+    return accum
+
+
+def micro_batches(batch: np.ndarray, world: int, accum: int, rank: int) -> list[np.ndarray]:
+    """Rank ``rank``'s ``accum`` micro-batches of a global ``batch``: contiguous parts of ``world × accum``
+    near-equal parts (an empty part when the batch is shorter than that)."""
+    parts = np.array_split(batch, world * accum)
+    return parts[rank * accum:(rank + 1) * accum]
+
+
+def _loss(net, tokenizer, contract, sub: pd.DataFrame, group: np.ndarray, target: str, mode: str,
+          cfg: TrainConfig, rt: rtm.Runtime, aux_target: str | None, aux_mask: str | None) -> torch.Tensor:
+    enc = encode_pairs(tokenizer, contract, sub["query"].tolist(), sub.title.tolist(), sub.text.tolist())
+    if contract.compression == "soft":   # soft-token documents: their embeddings, column doc_emb
+        enc["doc_emb"] = torch.tensor(np.stack(sub.doc_emb.to_numpy()), dtype=torch.float32)
+    with rt.autocast():
+        logits = net(**{k: v.to(rt.device) for k, v in enc.items()}).logits[:, 0].float()     # [B]
+    y = torch.tensor(sub[target].to_numpy(), dtype=torch.float32, device=rt.device)        # [B]
+    group = torch.as_tensor(group, device=rt.device)
+    if mode == "labels":
+        loss = pointwise_soft_bce(logits, y)
+        if cfg.ranknet_weight:
+            loss = loss + cfg.ranknet_weight * ranknet(logits, y, group)
+        return loss
+    loss = score_mse(logits, y) + cfg.margin_weight * margin_mse(logits, y, group)
+    if cfg.listwise_weight:
+        loss = loss + cfg.listwise_weight * listnet_kl(logits, y, group)
+    if cfg.aux_weight and aux_target:
+        aux = torch.tensor(sub[aux_target].fillna(0.0).to_numpy(), dtype=torch.float32, device=rt.device)
+        m = torch.tensor(sub[aux_mask].to_numpy(), dtype=torch.float32, device=rt.device)
+        loss = loss + cfg.aux_weight * masked_mse(logits, aux, m)
+    return loss
+
+
+def latest_checkpoint(directory: Path | None) -> Path | None:
+    if directory is None or not Path(directory).is_dir():
+        return None
+    done = sorted(Path(directory).glob("step-*.pt"))
+    return done[-1] if done else None
+
+
+def _rng_states(rt: rtm.Runtime) -> list:
+    """Every rank's torch RNG state (dropout draws differ by rank), gathered on all ranks."""
+    mine = {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(rt.device) if rt.device.type == "cuda" else None}
+    if not rt.distributed:
+        return [mine]
+    out = [None] * rt.world
+    torch.distributed.all_gather_object(out, mine)
+    return out
+
+
+def _set_rng(states: list, rt: rtm.Runtime) -> None:
+    mine = states[rt.rank]
+    torch.set_rng_state(mine["cpu"])
+    if mine["cuda"] is not None and rt.device.type == "cuda":
+        torch.cuda.set_rng_state(mine["cuda"], rt.device)
+
+
 def train_ranker(model, tokenizer, contract, pairs: pd.DataFrame, target: str, mode: str,
                  cfg: TrainConfig = TrainConfig(), progress=None, aux_target: str | None = None,
-                 aux_mask: str | None = None, validate: Callable[[torch.nn.Module], float] | None = None
-                 ) -> TrainResult:
+                 aux_mask: str | None = None, validate: Callable[[torch.nn.Module], float] | None = None,
+                 runtime: rtm.Runtime | None = None, checkpoint_dir: str | Path | None = None) -> TrainResult:
     """Train in place. pairs: query_id, query, title, text and the ``target`` column (and ``doc_emb`` for
     soft-token rankers).
 
@@ -95,85 +185,168 @@ def train_ranker(model, tokenizer, contract, pairs: pd.DataFrame, target: str, m
     + ``listwise_weight`` × ListNet KL + ``aux_weight`` × MSE to a second teacher's scores in ``aux_target``,
     counted only where ``aux_mask`` is 1 (multi-teacher: e.g. engagement, masked where nothing was observed).
     ``validate(model)`` (model in eval mode) returns a figure to maximise on data the loop never trains on: the
-    model ends on its best validated state, the starting point included (see the module docstring).
+    model ends on its best validated state, the starting point included (see the module docstring); under a
+    multi-process runtime every rank validates (FSDP needs them all for a forward pass).
+    ``runtime``: device, precision, strategy and rank (:mod:`models.runtime`; default: this process, CPU, fp32).
+    ``checkpoint_dir``: where step checkpoints go and are resumed from (``cfg.checkpoint_every``).
     """
     if mode not in {"labels", "distill"}:
         raise ValueError(f"mode must be 'labels' or 'distill', not {mode!r}")
+    rt = runtime or rtm.Runtime(torch.device("cpu"))
+    accum = accumulation_steps(cfg.batch_size, rt.world, cfg.micro_batch_size, cfg.grad_accum_steps)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     pairs = pairs.reset_index(drop=True)
     qidx = pd.factorize(pairs.query_id)[0]
     per_epoch = math.ceil(len(pairs) / cfg.batch_size)
     total = per_epoch * cfg.epochs if cfg.max_steps is None else min(cfg.max_steps, per_epoch * cfg.epochs)
-    groups = (model.param_groups(cfg.lr, cfg.new_params_lr) if hasattr(model, "param_groups")
-              else [{"params": list(model.parameters())}])
-    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.gradient_checkpointing:
+        rtm.enable_gradient_checkpointing(model)
+    ckpt_dir = Path(checkpoint_dir) if checkpoint_dir and cfg.checkpoint_every else None
+    resume = latest_checkpoint(ckpt_dir)
+    state = torch.load(resume, map_location="cpu", weights_only=False) if resume else None
+    if state is not None and rt.strategy != "fsdp":
+        model.load_state_dict(state["model"])
+    # FSDP shards a copy: the caller's model stays a plain module and gets the trained weights back at the end
+    # (on rank 0, which saves); the other strategies train the caller's model in place.
+    net = rtm.wrap(copy.deepcopy(model) if rt.strategy == "fsdp" else model, rt)
+    if state is not None and rt.strategy == "fsdp":
+        rtm.load_full_state(net, state["model"], rt)
+    inner = rtm.unwrap(net)
+    groups = (inner.param_groups(cfg.lr, cfg.new_params_lr) if hasattr(inner, "param_groups")
+              else [{"params": list(inner.parameters())}])
+    groups = [g | {"params": [p for p in g["params"] if p.requires_grad]} for g in groups]
+    trainable = [p for g in groups for p in g["params"]]
+    opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, weight_decay=cfg.weight_decay)
     warm = max(1, int(cfg.warmup_frac * total))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warm) * max(0.0, (total - s) / max(1, total - warm)) if s >= warm else (s + 1) / warm)
+    scaler = rt.grad_scaler()
     res = TrainResult(losses=[])
     best_state, since_best = None, 0
+    step, start_epoch, skip = 0, 0, 0
+    if state is not None:
+        rtm.load_optimizer_state(net, opt, state["optimizer"], rt)
+        sched.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        _set_rng(state["rng"], rt)
+        rng.bit_generator.state = state["epoch_rng"]
+        step, start_epoch, skip = state["step"], state["epoch"], state["batch"]
+        res.losses[:], res.history[:] = state["losses"], [tuple(h) for h in state["history"]]
+        res.best_step, best_state, since_best = state["best_step"], state["best_state"], state["since_best"]
+        if progress:
+            progress(step)
+    log.info("rank %d/%d on %s (%s, %s, %d micro-batch(es) a step): %s at step %d of %d", rt.rank, rt.world,
+             rt.device, rt.strategy, rt.precision, accum, f"resumed from {resume.name}" if resume else "starting",
+             step, total)
 
     def check() -> bool:
         """Validate the current state; True when patience has run out."""
         nonlocal best_state, since_best
-        model.eval()
+        net.eval()
         with torch.no_grad():
-            v = float(validate(model))
-        model.train()
+            v = float(validate(inner))
+        net.train()
         res.history.append((step, v))
         if res.best_step is None or v > res.best_score + cfg.min_delta:
             res.best_step, since_best = step, 0
-            best_state = {k: t.detach().clone() for k, t in model.state_dict().items()}
+            best_state = rtm.full_state(net, rt)
         else:
             since_best += 1
         return bool(cfg.patience) and since_best >= cfg.patience
 
-    losses, step = res.losses, 0
-    if validate is not None:
+    def save_checkpoint(epoch: int, batch: int, epoch_rng: dict) -> None:
+        """Every rank takes part (FSDP gathers); rank 0 writes step-<n>.pt atomically and keeps the last two."""
+        ck = {"model": rtm.full_state(net, rt), "optimizer": rtm.optimizer_state(net, opt, rt),
+              "scheduler": sched.state_dict(), "scaler": scaler.state_dict(), "rng": _rng_states(rt),
+              "epoch_rng": epoch_rng, "step": step, "epoch": epoch, "batch": batch, "losses": list(res.losses),
+              "history": list(res.history), "best_step": res.best_step, "best_state": best_state,
+              "since_best": since_best}
+        if rt.is_main:
+            ckpt_dir.mkdir(parents=True, exist_ok=True)
+            out = ckpt_dir / f"step-{step:08d}.pt"
+            tmp = ckpt_dir / f".tmp-{out.name}-{os.getpid()}"
+            torch.save(ck, tmp)
+            os.replace(tmp, out)
+            for old in sorted(ckpt_dir.glob("step-*.pt"))[:-2]:
+                old.unlink()
+        rt.barrier()
+        _hold_for_tests(step, rt, ckpt_dir)
+
+    losses = res.losses
+    if validate is not None and state is None:
         check()
-    model.train()
+    net.train()
     stop = False
-    for _ in range(cfg.epochs):
+    for epoch in range(start_epoch, cfg.epochs):
         if stop:
             break
-        for b in _batches(pairs, cfg.batch_size, rng):
+        epoch_rng = rng.bit_generator.state
+        for bi, b in enumerate(_batches(pairs, cfg.batch_size, rng)):
+            if epoch == start_epoch and bi < skip:
+                continue
             if step >= total:
                 break
-            sub = pairs.iloc[b]
-            enc = encode_pairs(tokenizer, contract, sub["query"].tolist(), sub.title.tolist(), sub.text.tolist())
-            if contract.compression == "soft":   # soft-token documents: their embeddings, column doc_emb
-                enc["doc_emb"] = torch.tensor(np.stack(sub.doc_emb.to_numpy()), dtype=torch.float32)
-            logits = model(**enc).logits[:, 0]                                  # [B]
-            y = torch.tensor(sub[target].to_numpy(), dtype=torch.float32)       # [B]
-            group = torch.tensor(qidx[b])
-            if mode == "labels":
-                loss = pointwise_soft_bce(logits, y)
-                if cfg.ranknet_weight:
-                    loss = loss + cfg.ranknet_weight * ranknet(logits, y, group)
-            else:
-                loss = score_mse(logits, y) + cfg.margin_weight * margin_mse(logits, y, group)
-                if cfg.listwise_weight:
-                    loss = loss + cfg.listwise_weight * listnet_kl(logits, y, group)
-                if cfg.aux_weight and aux_target:
-                    aux = torch.tensor(sub[aux_target].fillna(0.0).to_numpy(), dtype=torch.float32)
-                    m = torch.tensor(sub[aux_mask].to_numpy(), dtype=torch.float32)
-                    loss = loss + cfg.aux_weight * masked_mse(logits, aux, m)
+            mine = micro_batches(b, rt.world, accum, rt.rank)
+            step_loss = torch.zeros((), device=rt.device)
+            for k, mb in enumerate(mine):
+                weight = len(mb) * rt.world / len(b)      # the micro-batch's share of the global batch, × world
+                if not len(mb):                           # every rank runs the same number of backward passes
+                    mb, weight = b[:1], 0.0
+                sync = k == len(mine) - 1
+                ctx = net.no_sync() if rt.strategy == "ddp" and not sync else _nullcontext()
+                if rt.strategy == "fsdp":
+                    net.set_requires_gradient_sync(sync)
+                with ctx:
+                    loss = _loss(net, tokenizer, contract, pairs.iloc[mb], qidx[mb], target, mode, cfg, rt,
+                                 aux_target, aux_mask) * weight
+                    scaler.scale(loss).backward()
+                step_loss += loss.detach() / rt.world
+            if rt.distributed:
+                torch.distributed.all_reduce(step_loss)
+            scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+            scaler.step(opt); scaler.update(); sched.step()
             opt.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step(); sched.step()
-            losses.append(loss.item()); step += 1
+            losses.append(step_loss.item()); step += 1
             if progress:
                 progress(1)
             if validate is not None and cfg.eval_every and step % cfg.eval_every == 0 and step < total:
                 if stop := check():
                     break
+            if ckpt_dir is not None and step % cfg.checkpoint_every == 0:
+                save_checkpoint(epoch, bi + 1, epoch_rng)
         if validate is not None and not stop and (not res.history or res.history[-1][0] != step):
             stop = check()
     res.stopped_early = stop and step < total
     if validate is not None:
-        model.load_state_dict(best_state)
+        rtm.load_full_state(net, best_state, rt)
         res.kept = "start" if res.best_step == 0 else "best"
+    if rt.strategy == "fsdp":
+        final = rtm.full_state(net, rt)
+        if rt.is_main:
+            model.load_state_dict(final)
     model.eval()
     return res
+
+
+def _hold_for_tests(step: int, rt: rtm.Runtime, ckpt_dir: Path) -> None:
+    """Fault injection for the resume tests: with ``FLYWHEEL_HOLD_AT_STEP=n`` in the environment, the last rank
+    stops right after step n's checkpoint, says so in ``<checkpoint_dir>/held`` (its pid), and waits to be killed;
+    once per checkpoint directory, so the rerun goes through."""
+    if os.environ.get("FLYWHEEL_HOLD_AT_STEP") != str(step) or rt.rank != rt.world - 1:
+        return
+    marker = ckpt_dir / "held"
+    if marker.exists():
+        return
+    import threading
+
+    marker.write_text(str(os.getpid()))
+    print(f"HELD rank {rt.rank} pid {os.getpid()} after step {step}", flush=True)
+    threading.Event().wait()
+
+
+def _nullcontext():
+    import contextlib
+
+    return contextlib.nullcontext()

@@ -4,20 +4,53 @@ from prefect import task
 
 from flywheel.config import FlywheelConfig
 from flywheel.training import ladder as lib
-from tasks._common import artifact, content_key, paths, progress
+from flywheel.training import launch
+from tasks._common import artifact, content_key, markdown_table, paths, progress
+
+
+def _launch(target: str, kwargs: dict, rung: str, cfg: FlywheelConfig, advance) -> dict:
+    """Run ``target`` where the rung's ``launch`` says: here, or as a torchrun job whose every rank's log lines
+    reach this task's log (a failed rank fails the task; its retry resumes from the last step checkpoint)."""
+    import logging
+
+    from prefect import get_run_logger
+    from prefect.exceptions import MissingContextError
+
+    r = next(x for x in cfg.ladder.rungs if x.name == rung)
+    try:
+        logger = get_run_logger()
+    except MissingContextError:          # the task's body called outside a run (task.fn in tests)
+        logger = logging.getLogger("flywheel.training")
+    return launch.run(f"flywheel.training.ladder:{target}", kwargs, r.launch, cfg, paths(), log=logger.info,
+                      progress=advance)
+
+
+@task(name="plan-ladder")
+def plan_ladder(cfg: FlywheelConfig) -> dict:
+    """Stop the flow before any GPU time is spent when a rung cannot fit this machine's GPUs (``flywheel plan``'s
+    figures); on a machine without CUDA the rungs train on the CPU and nothing is checked."""
+    from flywheel.training.plan import check_this_machine
+
+    out = check_this_machine(cfg)          # ValueError naming the setting to change
+    if out["checked"]:
+        artifact("ladder-plan", markdown_table([{"rung": r, "GiB per GPU": g, "of": out["gpu_memory_gib"]}
+                                                for r, g in out["rungs"].items()]))
+    return out
 
 
 @task(name="train-teacher", retries=1, retry_delay_seconds=1, cache_key_fn=content_key, persist_result=True)
 def train_teacher(judge_version: str, labels_fp: str, cfg: FlywheelConfig) -> dict:
     with progress("train teacher", None) as advance:
-        return lib.train_teacher(judge_version, labels_fp, cfg, paths(), progress=advance)
+        return _launch("train_teacher", {"judge_version": judge_version, "labels_fingerprint": labels_fp},
+                       "teacher", cfg, advance)
 
 
 @task(name="distil-rung", retries=1, retry_delay_seconds=1, cache_key_fn=content_key, persist_result=True)
 def distil(rung: str, parent: dict, judge_version: str, cfg: FlywheelConfig, engagement: dict | None = None) -> dict:
     teachers = parent["rung"] + (" + engagement" if engagement else "")
     with progress(f"distil {teachers} → {rung}", None) as advance:
-        return lib.distil(rung, parent, judge_version, cfg, paths(), progress=advance, engagement=engagement)
+        return _launch("distil", {"rung_name": rung, "parent": parent, "judge_version": judge_version,
+                                  "engagement": engagement}, rung, cfg, advance)
 
 
 @task(name="engagement-events", retries=2, retry_delay_seconds=1, cache_key_fn=content_key, persist_result=True)
@@ -46,8 +79,8 @@ def train_engagement_teacher(events_fp: str, cfg: FlywheelConfig) -> dict:
 def prune_student(student: dict, judge_version: str, cfg: FlywheelConfig, mlp_keep: float | None = None,
                   name: str = "student_pruned") -> dict:
     with progress(f"prune + recover {name}", None) as advance:
-        return lib.prune_student(student, judge_version, cfg, paths(), progress=advance, mlp_keep=mlp_keep,
-                                 name=name)
+        return _launch("prune_student", {"student": student, "judge_version": judge_version, "mlp_keep": mlp_keep,
+                                         "name": name}, "student", cfg, advance)
 
 
 @task(name="compress-student", retries=1, retry_delay_seconds=1, cache_key_fn=content_key, persist_result=True)

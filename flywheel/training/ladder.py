@@ -132,6 +132,46 @@ def _save_atomic(model, tok, contract, out: Path) -> Path:
     return out
 
 
+def rung_runtime(rung: RungConfig):
+    """This process's runtime for ``rung`` (device, precision, strategy; joins the torchrun job if any)."""
+    from models.runtime import init_runtime
+
+    return init_runtime(rung.device, rung.precision, rung.strategy)
+
+
+def scale_settings(rung: RungConfig, lc) -> dict:
+    """The TrainConfig fields that say how a step runs, from the rung and the ladder."""
+    return {"micro_batch_size": rung.micro_batch_size, "grad_accum_steps": rung.grad_accum_steps,
+            "gradient_checkpointing": rung.gradient_checkpointing, "checkpoint_every": lc.checkpoint_every}
+
+
+def with_lora(model, rung: RungConfig):
+    """The rung's model with LoRA adapters when ``rung.lora`` is set (merged again by :func:`save_rung`)."""
+    if rung.lora is None:
+        return model
+    from models.lora import apply_lora
+
+    lo = rung.lora
+    return apply_lora(model, lo.r, lo.alpha, lo.dropout, lo.target_modules)
+
+
+def steps_dir(out: Path) -> Path:
+    """Where the step checkpoints of the rung saved at ``out`` live until it is saved."""
+    return out.with_name(f".steps-{out.name}")
+
+
+def save_rung(model, tok, contract, out: Path, rt) -> bool:
+    """Rank 0 merges LoRA adapters, saves the rung atomically and drops its step checkpoints; every rank waits.
+    True on the rank that saved."""
+    if rt.is_main:
+        from models.lora import merge_lora
+
+        _save_atomic(merge_lora(model).to("cpu"), tok, contract, out)
+        shutil.rmtree(steps_dir(out), ignore_errors=True)
+    rt.barrier()
+    return rt.is_main
+
+
 def _summary(ckpt: Path, losses: list[float], seconds: float, **extra) -> dict:
     from models.ranker import count_params, load_ranker
 
@@ -258,17 +298,21 @@ def train_teacher(judge_version: str, labels_fingerprint: str, cfg: FlywheelConf
                       *_validation_key(lc))[:12]
     out = paths.models / "ladder" / f"teacher-{key}"
     t = time.time()
+    rt = rung_runtime(rung)
     model, tok, contract = build_rung(rung, paths, cfg.seed)
     start_key = sha256_text(rung.key_json(), str(cfg.seed), open_lake(paths).fingerprint("documents"))[:12]
     start = paths.models / "ladder" / f"start-{start_key}"
-    if not (start / "model.safetensors").exists():
+    if rt.is_main and not (start / "model.safetensors").exists():
         _save_atomic(model, tok, contract, start)
+    model = with_lora(model, rung)
     train, val = split_validation(pairs, cfg)
     losses, validation = train_validated(model, tok, contract, train, val, "target", "labels",
                                          TrainConfig(epochs=rung.epochs, lr=rung.lr, batch_size=lc.batch_size,
-                                                     seed=cfg.seed, ranknet_weight=lc.teacher_ranknet_weight),
-                                         cfg, progress)
-    _save_atomic(model, tok, contract, out)
+                                                     seed=cfg.seed, ranknet_weight=lc.teacher_ranknet_weight,
+                                                     **scale_settings(rung, lc)),
+                                         cfg, progress, runtime=rt, checkpoint_dir=steps_dir(out))
+    if not save_rung(model, tok, contract, out, rt):
+        return None
     return _summary(out, losses, time.time() - t, rung="teacher", pairs=int(len(pairs)), train_pairs=int(len(train)),
                     train_queries=int(train.query_id.nunique()), target=lc.teacher_target, validation=validation,
                     start=_summary(start, [], 0.0, rung="zero_shot_start"))
@@ -354,8 +398,10 @@ def distillation_pairs(parent: dict, judge_version: str, pool_per_query: int, cf
 
 def stored_scores(parent: dict, pairs: pd.DataFrame, paths: Paths) -> pd.DataFrame:
     """``pairs`` (query_id, doc_id, doc_hash, query, title, text) with ``teacher_score``: ``parent``'s score, read
-    from ``teacher_scores`` (same rung and model version) where stored; the rest computed once and stored."""
-    from models.ranker import load_ranker, score_pairs
+    from ``teacher_scores`` (same rung and model version) where stored; the rest computed once and stored. In a
+    torchrun job every rank scores its shard of the missing queries (:mod:`flywheel.training.scoring`)."""
+    from flywheel.training import scoring
+    from models.runtime import barrier, rank_world
 
     lk = open_lake(paths)
     stored = lk.read("teacher_scores")
@@ -364,14 +410,18 @@ def stored_scores(parent: dict, pairs: pd.DataFrame, paths: Paths) -> pd.DataFra
     have = pairs.merge(stored.rename(columns={"score": "teacher_score"}), on=["query_id", "doc_hash"], how="left")
     missing = have.teacher_score.isna()
     if missing.any():
-        model, tok, contract = load_ranker(parent["path"])
+        rank, world = rank_world()
         sub = have[missing]
-        scores = score_pairs(model, tok, contract, sub["query"].tolist(), sub.title.tolist(), sub.text.tolist())
+        got = scoring.score_missing(parent, sub, paths, rank, world, barrier)
+        scores = sub[["query_id", "doc_hash"]].merge(got, on=["query_id", "doc_hash"], how="left").score.to_numpy()
         have.loc[missing, "teacher_score"] = scores
-        rows = sub[["query_id", "doc_id", "doc_hash"]].assign(
-            teacher=parent["rung"], model_version=parent["model_version"], score=scores,
-            created_at=pd.Timestamp(datetime.now(timezone.utc)))
-        lk.write("teacher_scores", rows)
+        if rank == 0:
+            rows = sub[["query_id", "doc_id", "doc_hash"]].assign(
+                teacher=parent["rung"], model_version=parent["model_version"], score=scores,
+                created_at=pd.Timestamp(datetime.now(timezone.utc)))
+            lk.write("teacher_scores", rows)
+            scoring.remove_parts(parent, paths)
+        barrier()
     return have
 
 
@@ -437,6 +487,7 @@ def distil(rung_name: str, parent: dict, judge_version: str, cfg: FlywheelConfig
     from models.train import TrainConfig
 
     rung = next(r for r in cfg.ladder.rungs if r.name == rung_name)
+    rt = rung_runtime(rung)      # before the pairs: in a torchrun job every rank scores its shard of them
     pairs = distillation_pairs(parent, judge_version, cfg.ladder.pool_per_query, cfg, paths)
     pseudo = pairs.attrs.get("pseudo_queries")
     aux = {}
@@ -460,12 +511,15 @@ def distil(rung_name: str, parent: dict, judge_version: str, cfg: FlywheelConfig
     out = paths.models / "ladder" / f"{rung_name}-{key}"
     t = time.time()
     model, tok, contract = build_rung(rung, paths, cfg.seed, parent=parent)
+    model = with_lora(model, rung)
     train, losses, validation = distil_validated(
         model, tok, contract, pairs,
         TrainConfig(epochs=rung.epochs, lr=rung.lr * 2, batch_size=cfg.ladder.batch_size, seed=cfg.seed,
-                    aux_weight=cfg.engagement.weight if aux else 0.0, listwise_weight=cfg.ladder.listwise_weight),
-        cfg, progress, **aux)
-    _save_atomic(model, tok, contract, out)
+                    aux_weight=cfg.engagement.weight if aux else 0.0, listwise_weight=cfg.ladder.listwise_weight,
+                    **scale_settings(rung, cfg.ladder)),
+        cfg, progress, runtime=rt, checkpoint_dir=steps_dir(out), **aux)
+    if not save_rung(model, tok, contract, out, rt):
+        return None
     extra = {"validation": validation, **({"pseudo_queries": pseudo} if pseudo else {})}
     if aux:
         extra |= {"engagement_teacher": engagement["model_version"], "engagement_weight": cfg.engagement.weight,
@@ -483,6 +537,8 @@ def prune_student(student: dict, judge_version: str, cfg: FlywheelConfig, paths:
     from models.ranker import load_ranker
     from models.train import TrainConfig
 
+    rung = cfg.ladder.rungs[-1]          # the pruned student recovers where and how the student trained
+    rt = rung_runtime(rung)
     pairs = distillation_pairs(student, judge_version, cfg.ladder.pool_per_query, cfg, paths)
     lc = cfg.ladder if mlp_keep is None else cfg.ladder.model_copy(update={"prune_mlp_keep": mlp_keep})
     key = sha256_text(student["model_version"], str(lc.prune_drop_layers), str(lc.recovery_epochs),
@@ -504,8 +560,10 @@ def prune_student(student: dict, judge_version: str, cfg: FlywheelConfig, paths:
     _, losses, validation = distil_validated(
         model, tok, contract, pairs,
         TrainConfig(epochs=cfg.ladder.recovery_epochs, lr=1e-4, batch_size=cfg.ladder.batch_size, seed=cfg.seed,
-                    listwise_weight=cfg.ladder.listwise_weight), cfg, progress)
-    _save_atomic(model, tok, contract, out)
+                    listwise_weight=cfg.ladder.listwise_weight, **scale_settings(rung, cfg.ladder)),
+        cfg, progress, runtime=rt, checkpoint_dir=steps_dir(out))
+    if not save_rung(model, tok, contract, out, rt):
+        return None
     return _summary(out, losses, time.time() - t, rung=name, parent=student["model_version"], mlp_keep=lc.prune_mlp_keep,
                     block_influence=[round(v, 4) for v in influence], kept_layers=keep, width=width,
                     validation=validation)

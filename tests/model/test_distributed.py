@@ -1,0 +1,125 @@
+"""Training across processes on CPUs (gloo), as a GPU cluster runs it: ``torchrun`` jobs started by
+flywheel.training.launch on a tiny Qwen3 ranker (tests/dist_jobs.py).
+
+- DDP over 2 processes takes the optimizer steps of one process with the same global batch (one process
+  accumulating 2 micro-batches): the same weights, bitwise on CPU float32 (tolerance 1e-6 stated in case a
+  platform's gloo sums in another order);
+- FSDP2 over 2 processes: the same weights within 1e-6 (its reduce-scatter sums gradients in another order);
+- kill -9 of one rank mid-epoch: the launch fails naming that rank and the signal; the rerun resumes from the last
+  step checkpoint and ends with the uninterrupted run's weights;
+- a rank that raises fails the launch with that rank's own traceback.
+"""
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+import torch
+
+from flywheel.config import FlywheelConfig, LaunchSettings
+from flywheel.training import launch
+from models.train import accumulation_steps, micro_batches
+
+TWO = LaunchSettings(nproc_per_node=2)
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """A tiny Qwen3 ranker saved as the jobs' starting point."""
+    from models.decoder import DecoderRanker, build_tiny_qwen3, decoder_contract, train_bpe_tokenizer
+    from models.ranker import save_ranker
+    from tests.dist_jobs import WORDS, toy_pairs
+
+    p = toy_pairs()
+    tok = train_bpe_tokenizer((p.title + " " + p.text).tolist() + WORDS * 10, vocab_size=600)
+    c = decoder_contract(tok, max_length=32)
+    d = tmp_path_factory.mktemp("dist")
+    save_ranker(DecoderRanker(build_tiny_qwen3(tok, "qwen3-tiny", seed=0), c.yes_token_id, c.no_token_id), tok, c,
+                d / "base")
+    return d
+
+
+def _run(base, name: str, world: LaunchSettings = TWO, log=None, **kw) -> tuple[dict, dict]:
+    from flywheel.settings import configure_environment
+
+    out = base / f"{name}.pt"
+    res = launch.run("tests.dist_jobs:train_toy", {"base": str(base / "base"), "out": str(out), **kw}, world,
+                     FlywheelConfig(), configure_environment(), log=log or (lambda line: None))
+    return res, torch.load(out)
+
+
+def _max_diff(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k] - b[k]).abs().max().item() for k in a)
+
+
+@pytest.fixture(scope="module")
+def single(base):
+    """One process, 2 micro-batches accumulated per step: the reference for 2 processes x 1 micro-batch."""
+    return _run(base, "single", LaunchSettings(), accum=2)
+
+
+@pytest.fixture(scope="module")
+def ddp(base):
+    return _run(base, "ddp", strategy="ddp")
+
+
+def test_global_batch_is_the_configured_one_whatever_the_number_of_processes():
+    assert accumulation_steps(32, 1, 8, None) == 4 and accumulation_steps(32, 2, 8, None) == 2
+    assert accumulation_steps(32, 4, None, 2) == 2 and accumulation_steps(32, 2, None, None) == 1
+    with pytest.raises(ValueError, match="micro_batch_size x grad_accum_steps x processes"):
+        accumulation_steps(32, 2, 5, None)
+    import numpy as np
+
+    b = np.arange(7)
+    parts = [micro_batches(b, 2, 2, r) for r in range(2)]        # 4 micro-batches, contiguous, all pairs once
+    assert np.concatenate([m for p in parts for m in p]).tolist() == list(range(7))
+
+
+def test_ddp_on_two_processes_equals_one_process_with_the_same_global_batch(base, single, ddp):
+    from models.ranker import load_ranker
+
+    (one, w1), (two, w2) = single, ddp
+    assert two["world"] == 2 and two["strategy"] == "ddp" and one["world"] == 1
+    assert len(one["losses"]) == len(two["losses"]) == 10                  # 40 pairs / 8 a step x 2 epochs
+    assert two["losses"] == pytest.approx(one["losses"], abs=1e-6)
+    assert _max_diff(w1, w2) <= 1e-6
+    start = load_ranker(base / "base")[0].state_dict()
+    assert _max_diff(w1, start) > 1e-3                                      # and training did move the weights
+
+
+def test_fsdp_on_two_processes_matches_one_process(base, single):
+    res, w = _run(base, "fsdp", strategy="fsdp")
+    assert res["strategy"] == "fsdp" and res["world"] == 2
+    assert _max_diff(single[1], w) <= 1e-6
+
+
+def test_kill_9_of_a_rank_mid_epoch_then_rerun_resumes_from_the_step_checkpoint(base, ddp, monkeypatch):
+    ck = base / "steps-killed"
+    monkeypatch.setenv("FLYWHEEL_HOLD_AT_STEP", "6")     # the last rank waits after step 6's checkpoint
+    kw = {"strategy": "ddp", "checkpoint_every": 3, "ckpt_dir": str(ck)}
+
+    def kill_when_held():
+        while not (ck / "held").exists():
+            time.sleep(0.1)
+        os.kill(int((ck / "held").read_text()), signal.SIGKILL)
+
+    threading.Thread(target=kill_when_held, daemon=True).start()
+    with pytest.raises(launch.RankFailed, match=r"rank 1 failed: killed by signal 9 \(SIGKILL\)") as err:
+        _run(base, "killed", **kw)
+    assert err.value.rank == 1
+    assert sorted(p.name for p in ck.glob("step-*.pt")) == ["step-00000003.pt", "step-00000006.pt"]
+    lines: list[str] = []
+    res, w = _run(base, "killed", log=lines.append, **kw)                # the same job again: resumes at step 6
+    assert res["losses"] == pytest.approx(ddp[0]["losses"], abs=1e-6)
+    assert _max_diff(ddp[1], w) <= 1e-6
+    for r in (0, 1):                                                   # every rank's log reaches the caller
+        assert any(line.startswith(f"[default{r}]") and "resumed from step-00000006.pt" in line for line in lines)
+
+
+def test_a_rank_that_raises_fails_the_launch_with_its_own_traceback(base):
+    with pytest.raises(launch.RankFailed, match=r"rank \d failed: ValueError: ladder.batch_size 8 must equal") as err:
+        _run(base, "bad", strategy="ddp", micro=3)
+    assert "Traceback" in str(err.value)
