@@ -1,0 +1,65 @@
+"""The train-teacher task on 2 processes (torchrun, gloo), as on a GPU machine: kill -9 of one rank mid-epoch,
+Prefect's retry of the task resumes from the last step checkpoint and saves the very weights (same sha256) an
+uninterrupted 2-process run saves."""
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import labelled_day
+
+pytestmark = pytest.mark.slow
+DATE = "2026-07-01"
+
+
+@pytest.fixture(scope="module")
+def prefect_server():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield
+
+
+def test_kill_9_of_a_rank_then_the_tasks_retry_resumes_and_ends_with_the_uninterrupted_weights(prefect_server,
+                                                                                                monkeypatch):
+    from prefect import flow
+
+    from flywheel.data.lake import open_lake
+    from flywheel.training import ladder
+    from tasks import train
+
+    paths, cfg, cal = labelled_day("configs/ci.yaml", DATE)
+    teacher = cfg.ladder.rungs[0].model_copy(update={
+        "strategy": "ddp", "launch": cfg.ladder.rungs[0].launch.model_copy(update={"nproc_per_node": 2})})
+    cfg = cfg.model_copy(update={"ladder": cfg.ladder.model_copy(update={
+        "rungs": [teacher, *cfg.ladder.rungs[1:]], "checkpoint_every": 2, "batch_size": 16})})
+    labels_fp = open_lake(paths).fingerprint("judge_labels")
+
+    @flow(name="teacher-on-two-processes")
+    def teach():
+        return train.train_teacher.with_options(refresh_cache=True)(cal["judge_version"], labels_fp, cfg)
+
+    whole = teach()
+    assert whole["validation"]["steps"] >= 6               # enough steps for a kill mid-epoch
+    out = Path(whole["path"])
+    assert not ladder.steps_dir(out).exists()              # step checkpoints go once the rung is saved
+
+    held = ladder.steps_dir(out) / "held"
+    monkeypatch.setenv("FLYWHEEL_HOLD_AT_STEP", "4")       # rank 1 waits after step 4's checkpoint, to be killed
+
+    def kill_when_held():
+        while not held.exists():
+            time.sleep(0.1)
+        os.kill(int(held.read_text()), signal.SIGKILL)
+
+    threading.Thread(target=kill_when_held, daemon=True).start()
+    again = teach()                                        # attempt 1 dies; the task's retry resumes
+    assert again["model_version"] == whole["model_version"]                 # sha256 of the saved weights
+    assert again["validation"]["validation_curve"] == whole["validation"]["validation_curve"]
+    assert not ladder.steps_dir(out).exists()
+    logs = "\n".join(p.read_text(errors="replace") for p in (paths.home / "jobs").rglob("*.log"))
+    assert "HELD rank 1" in logs and "resumed from step-00000004.pt" in logs     # killed, then resumed: not redone
