@@ -7,9 +7,7 @@
   committed its part rescoring only the other shard.
 """
 
-import pandas as pd
 import pytest
-import torch
 
 from models.lora import apply_lora, has_lora, merge_lora, trainable_params
 from models.ranker import load_ranker, save_ranker, score_pairs
