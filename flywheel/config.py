@@ -169,6 +169,8 @@ class LadderConfig(BaseModel):
     # step checkpoints (model, optimizer, scheduler, RNG, data position) every this many optimizer steps, so a
     # killed or retried rung resumes where it was (0 = none; models.train)
     checkpoint_every: int = Field(0, ge=0)
+    # DataLoader processes collating the next step's micro-batches while the device runs this one (0: in the loop)
+    loader_workers: int = Field(0, ge=0, le=64)
 
     @model_validator(mode="after")
     def _names(self):

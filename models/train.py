@@ -29,8 +29,8 @@ import pandas as pd
 import torch
 
 from models import runtime as rtm
+from models.data import MicroBatches, loader, tokenised
 from models.losses import listnet_kl, margin_mse, masked_mse, pointwise_soft_bce, ranknet, score_mse
-from models.ranker import encode_pairs
 
 log = logging.getLogger("flywheel.train")
 
@@ -56,6 +56,7 @@ class TrainConfig:
     grad_accum_steps: int | None = None   # micro-batches per optimizer step per process (None: from micro_batch_size)
     gradient_checkpointing: bool = False
     checkpoint_every: int = 0      # with checkpoint_dir: a step checkpoint every this many optimizer steps
+    loader_workers: int = 0        # DataLoader processes collating the next micro-batches (0: in the loop)
 
 
 @dataclass
@@ -125,15 +126,12 @@ def micro_batches(batch: np.ndarray, world: int, accum: int, rank: int) -> list[
     return parts[rank * accum:(rank + 1) * accum]
 
 
-def _loss(net, tokenizer, contract, sub: pd.DataFrame, group: np.ndarray, target: str, mode: str,
-          cfg: TrainConfig, rt: rtm.Runtime, aux_target: str | None, aux_mask: str | None) -> torch.Tensor:
-    enc = encode_pairs(tokenizer, contract, sub["query"].tolist(), sub.title.tolist(), sub.text.tolist())
-    if contract.compression == "soft":   # soft-token documents: their embeddings, column doc_emb
-        enc["doc_emb"] = torch.tensor(np.stack(sub.doc_emb.to_numpy()), dtype=torch.float32)
+def _loss(net, item: dict, mode: str, cfg: TrainConfig, rt: rtm.Runtime) -> torch.Tensor:
+    """One micro-batch's loss (:class:`models.data.MicroBatches` item), unweighted."""
     with rt.autocast():
-        logits = net(**{k: v.to(rt.device) for k, v in enc.items()}).logits[:, 0].float()     # [B]
-    y = torch.tensor(sub[target].to_numpy(), dtype=torch.float32, device=rt.device)        # [B]
-    group = torch.as_tensor(group, device=rt.device)
+        logits = net(**{k: v.to(rt.device, non_blocking=True) for k, v in item["enc"].items()}).logits[:, 0].float()  # [B]
+    y = item["target"].to(rt.device)                                                  # [B]
+    group = item["group"].to(rt.device)                                               # [B]
     if mode == "labels":
         loss = pointwise_soft_bce(logits, y)
         if cfg.ranknet_weight:
@@ -142,10 +140,8 @@ def _loss(net, tokenizer, contract, sub: pd.DataFrame, group: np.ndarray, target
     loss = score_mse(logits, y) + cfg.margin_weight * margin_mse(logits, y, group)
     if cfg.listwise_weight:
         loss = loss + cfg.listwise_weight * listnet_kl(logits, y, group)
-    if cfg.aux_weight and aux_target:
-        aux = torch.tensor(sub[aux_target].fillna(0.0).to_numpy(), dtype=torch.float32, device=rt.device)
-        m = torch.tensor(sub[aux_mask].to_numpy(), dtype=torch.float32, device=rt.device)
-        loss = loss + cfg.aux_weight * masked_mse(logits, aux, m)
+    if cfg.aux_weight and "aux" in item:
+        loss = loss + cfg.aux_weight * masked_mse(logits, item["aux"].to(rt.device), item["aux_mask"].to(rt.device))
     return loss
 
 
@@ -176,7 +172,8 @@ def _set_rng(states: list, rt: rtm.Runtime) -> None:
 def train_ranker(model, tokenizer, contract, pairs: pd.DataFrame, target: str, mode: str,
                  cfg: TrainConfig = TrainConfig(), progress=None, aux_target: str | None = None,
                  aux_mask: str | None = None, validate: Callable[[torch.nn.Module], float] | None = None,
-                 runtime: rtm.Runtime | None = None, checkpoint_dir: str | Path | None = None) -> TrainResult:
+                 runtime: rtm.Runtime | None = None, checkpoint_dir: str | Path | None = None,
+                 token_cache: str | Path | None = None) -> TrainResult:
     """Train in place. pairs: query_id, query, title, text and the ``target`` column (and ``doc_emb`` for
     soft-token rankers).
 
@@ -189,6 +186,7 @@ def train_ranker(model, tokenizer, contract, pairs: pd.DataFrame, target: str, m
     multi-process runtime every rank validates (FSDP needs them all for a forward pass).
     ``runtime``: device, precision, strategy and rank (:mod:`models.runtime`; default: this process, CPU, fp32).
     ``checkpoint_dir``: where step checkpoints go and are resumed from (``cfg.checkpoint_every``).
+    ``token_cache``: where the pairs' tokenisation is cached (:mod:`models.data`; None: kept in memory).
     """
     if mode not in {"labels", "distill"}:
         raise ValueError(f"mode must be 'labels' or 'distill', not {mode!r}")
@@ -278,28 +276,27 @@ def train_ranker(model, tokenizer, contract, pairs: pd.DataFrame, target: str, m
         check()
     net.train()
     stop = False
+    tokens = tokenised(tokenizer, contract, pairs, token_cache)        # once per (tokenizer, contract, pairs)
+    pad_id = contract.pad_token_id if contract.family == "decoder" else (tokenizer.pad_token_id or 0)
     for epoch in range(start_epoch, cfg.epochs):
         if stop:
             break
         epoch_rng = rng.bit_generator.state
-        for bi, b in enumerate(_batches(pairs, cfg.batch_size, rng)):
-            if epoch == start_epoch and bi < skip:
-                continue
+        data = MicroBatches(_batches(pairs, cfg.batch_size, rng), tokens, pairs, qidx, target, pad_id, rt.world,
+                            accum, rt.rank, aux_target if cfg.aux_weight else None, aux_mask)
+        first = skip if epoch == start_epoch else 0
+        for bi, mine in enumerate(loader(data, first, cfg.loader_workers, rt.device.type == "cuda"), start=first):
             if step >= total:
                 break
-            mine = micro_batches(b, rt.world, accum, rt.rank)
             step_loss = torch.zeros((), device=rt.device)
-            for k, mb in enumerate(mine):
-                weight = len(mb) * rt.world / len(b)      # the micro-batch's share of the global batch, × world
-                if not len(mb):                           # every rank runs the same number of backward passes
-                    mb, weight = b[:1], 0.0
+            for k, item in enumerate(mine):
                 sync = k == len(mine) - 1
                 ctx = net.no_sync() if rt.strategy == "ddp" and not sync else _nullcontext()
                 if rt.strategy == "fsdp":
                     net.set_requires_gradient_sync(sync)
                 with ctx:
-                    loss = _loss(net, tokenizer, contract, pairs.iloc[mb], qidx[mb], target, mode, cfg, rt,
-                                 aux_target, aux_mask) * weight
+                    # weighted by the micro-batch's share of the global batch, × world (DDP/FSDP average ranks)
+                    loss = _loss(net, item, mode, cfg, rt) * item["weight"]
                     scaler.scale(loss).backward()
                 step_loss += loss.detach() / rt.world
             if rt.distributed:

@@ -142,7 +142,8 @@ def rung_runtime(rung: RungConfig):
 def scale_settings(rung: RungConfig, lc) -> dict:
     """The TrainConfig fields that say how a step runs, from the rung and the ladder."""
     return {"micro_batch_size": rung.micro_batch_size, "grad_accum_steps": rung.grad_accum_steps,
-            "gradient_checkpointing": rung.gradient_checkpointing, "checkpoint_every": lc.checkpoint_every}
+            "gradient_checkpointing": rung.gradient_checkpointing, "checkpoint_every": lc.checkpoint_every,
+            "loader_workers": lc.loader_workers}
 
 
 def with_lora(model, rung: RungConfig):
@@ -310,7 +311,8 @@ def train_teacher(judge_version: str, labels_fingerprint: str, cfg: FlywheelConf
                                          TrainConfig(epochs=rung.epochs, lr=rung.lr, batch_size=lc.batch_size,
                                                      seed=cfg.seed, ranknet_weight=lc.teacher_ranknet_weight,
                                                      **scale_settings(rung, lc)),
-                                         cfg, progress, runtime=rt, checkpoint_dir=steps_dir(out))
+                                         cfg, progress, runtime=rt, checkpoint_dir=steps_dir(out),
+                                         token_cache=paths.models / "tokens")
     if not save_rung(model, tok, contract, out, rt):
         return None
     return _summary(out, losses, time.time() - t, rung="teacher", pairs=int(len(pairs)), train_pairs=int(len(train)),
@@ -517,7 +519,8 @@ def distil(rung_name: str, parent: dict, judge_version: str, cfg: FlywheelConfig
         TrainConfig(epochs=rung.epochs, lr=rung.lr * 2, batch_size=cfg.ladder.batch_size, seed=cfg.seed,
                     aux_weight=cfg.engagement.weight if aux else 0.0, listwise_weight=cfg.ladder.listwise_weight,
                     **scale_settings(rung, cfg.ladder)),
-        cfg, progress, runtime=rt, checkpoint_dir=steps_dir(out), **aux)
+        cfg, progress, runtime=rt, checkpoint_dir=steps_dir(out),
+        token_cache=paths.models / "tokens", **aux)
     if not save_rung(model, tok, contract, out, rt):
         return None
     extra = {"validation": validation, **({"pseudo_queries": pseudo} if pseudo else {})}
@@ -561,7 +564,8 @@ def prune_student(student: dict, judge_version: str, cfg: FlywheelConfig, paths:
         model, tok, contract, pairs,
         TrainConfig(epochs=cfg.ladder.recovery_epochs, lr=1e-4, batch_size=cfg.ladder.batch_size, seed=cfg.seed,
                     listwise_weight=cfg.ladder.listwise_weight, **scale_settings(rung, cfg.ladder)),
-        cfg, progress, runtime=rt, checkpoint_dir=steps_dir(out))
+        cfg, progress, runtime=rt, checkpoint_dir=steps_dir(out),
+        token_cache=paths.models / "tokens")
     if not save_rung(model, tok, contract, out, rt):
         return None
     return _summary(out, losses, time.time() - t, rung=name, parent=student["model_version"], mlp_keep=lc.prune_mlp_keep,

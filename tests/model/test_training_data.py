@@ -1,0 +1,57 @@
+"""Training data fed to the device (models.data): the cached tokenisation gives, batch for batch, the tensors
+encode_pairs gives; it is computed once per (tokenizer, contract, pairs) and read back after; DataLoader workers
+deliver the same micro-batches as the loop's own process."""
+
+import numpy as np
+import pytest
+import torch
+
+from models import data
+from models.contract import ScoringContract
+from models.ranker import encode_pairs
+from tests.dist_jobs import toy_pairs
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    from models.cross_encoder import build_cross_encoder
+
+    _, tok = build_cross_encoder([0])
+    return tok
+
+
+@pytest.mark.parametrize("compression", ["none", "soft"])
+def test_cached_rows_collate_to_what_encode_pairs_gives_the_same_batch(encoder, tmp_path, monkeypatch, compression):
+    c = ScoringContract(max_length=24) if compression == "none" else \
+        ScoringContract(max_length=24, compression="soft", soft_tokens=2, embed_dim=8)
+    pairs = toy_pairs(n_queries=12, seed=3)
+    first = data.tokenised(encoder, c, pairs, tmp_path)
+    assert len(list(tmp_path.glob("tokens-*.arrow"))) == 1
+    monkeypatch.setattr(data, "_tokenise", lambda *a, **k: pytest.fail("tokenised twice"))
+    again = data.tokenised(encoder, c, pairs, tmp_path)                   # read back, memory-mapped
+    assert again.equals(first)
+    for idx in (np.array([0, 5, 17, 30]), np.arange(len(pairs)), np.array([9])):
+        sub = pairs.iloc[idx]
+        want = encode_pairs(encoder, c, sub["query"].tolist(), sub.title.tolist(), sub.text.tolist())
+        got = data.collate(first, idx, encoder.pad_token_id)
+        assert set(got) == set(want)
+        for k in want:
+            assert torch.equal(got[k], want[k]), k
+    other = data.cache_key(encoder, ScoringContract(max_length=16), pairs)
+    assert other != data.cache_key(encoder, c, pairs)                    # another contract, another cache entry
+
+
+def test_loader_workers_deliver_the_loops_micro_batches(encoder):
+    c = ScoringContract(max_length=24)
+    pairs = toy_pairs(n_queries=6)
+    tokens = data.tokenised(encoder, c, pairs)
+    batches = [np.arange(i, min(i + 8, len(pairs))) for i in range(0, len(pairs), 8)]
+    ds = data.MicroBatches(batches, tokens, pairs, np.arange(len(pairs)) // 4, "target", 0, world=2, accum=2, rank=1)
+    here = list(data.loader(ds, 1, workers=0, pin=False))
+    there = list(data.loader(ds, 1, workers=1, pin=False))
+    assert len(here) == len(batches) - 1 == len(there)                   # resuming at batch 1
+    for a, b in zip(here, there):
+        assert [x["weight"] for x in a] == [x["weight"] for x in b]
+        for x, y in zip(a, b):
+            assert all(torch.equal(x["enc"][k], y["enc"][k]) for k in x["enc"]) and torch.equal(x["target"], y["target"])
+    assert [len(x["target"]) for x in here[0]] == [2, 2]                 # rank 1's half of 8 pairs, in 2 micro-batches
