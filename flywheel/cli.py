@@ -106,6 +106,37 @@ def plan(config: str = typer.Option("configs/production.yaml", help="flywheel co
     raise typer.Exit(3 if refused else 0)
 
 
+@app.command()
+def join(follow: bool = typer.Option(False, help="keep joining each new job (every rung of the ladder) until "
+                                                 "--idle-timeout passes with none"),
+         idle_timeout: float = typer.Option(3600.0, help="seconds to wait for a job to join"),
+         since: float = typer.Option(0.0, help="join only jobs written after this epoch time (default: any "
+                                               "without a result)")):
+    """Run this machine's share of a multi-node rung. Node 0 runs the flow (or its Prefect deployment); its train
+    tasks write each rung's job to FLYWHEEL_HOME/jobs (which every machine must share) and start torchrun with
+    launch.nnodes nodes meeting at launch.rdzv_endpoint. On every other machine, `flywheel join --follow` waits
+    for those jobs and starts the same torchrun command, so the ranks meet. Exit code: torchrun's (1 on timeout)."""
+    import time
+
+    from flywheel.training.launch import join as join_job
+    from flywheel.training.launch import pending_jobs
+
+    paths, joined, waited = configure_environment(), set(), time.time()
+    while True:
+        jobs = [j for j in pending_jobs(paths, since) if j not in joined]
+        if not jobs:
+            if time.time() - waited > idle_timeout:
+                typer.echo(f"no multi-node job to join under {paths.home / 'jobs'} after {idle_timeout:g} s")
+                raise typer.Exit(0 if joined else 1)
+            time.sleep(1.0)
+            continue
+        rc = join_job(jobs[0], typer.echo)
+        joined.add(jobs[0])
+        if rc or not follow:
+            raise typer.Exit(rc)
+        waited = time.time()
+
+
 def _duration(seconds: float | None) -> str:
     if seconds is None:
         return "-"

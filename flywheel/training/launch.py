@@ -72,12 +72,16 @@ def run(target: str, kwargs: dict, launch: LaunchSettings, cfg: FlywheelConfig, 
     job.mkdir(parents=True, exist_ok=True)
     for stale in [job / "result.json", *job.glob("error-rank*.txt")]:
         stale.unlink(missing_ok=True)
-    spec = {"target": target, "kwargs": kwargs, "config": cfg.model_dump(mode="json"), "home": str(paths.home)}
+    spec = {"target": target, "kwargs": kwargs, "config": cfg.model_dump(mode="json"), "home": str(paths.home),
+            "launch": launch.model_dump(), "rdzv_id": launch.rdzv_id or job.name}
     tmp = job / f".job.json.tmp-{os.getpid()}"
     tmp.write_text(json.dumps(spec, indent=2, default=str))
     os.replace(tmp, job / "job.json")
     cmd = torchrun_command(launch, job, launch.rdzv_id or job.name)
     log(f"launching {target} on {launch.world_size} processes: {' '.join(cmd)}")
+    if launch.nnodes > 1:
+        log(f"waiting for {launch.nnodes - 1} more node(s) at {launch.rdzv_endpoint}: on each, with FLYWHEEL_HOME "
+            f"on the same shared storage, run `flywheel join` (or: {' '.join(cmd)})")
     env = os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
                         "FLYWHEEL_HOME": str(paths.home), "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -95,6 +99,30 @@ def run(target: str, kwargs: dict, launch: LaunchSettings, cfg: FlywheelConfig, 
     if rc != 0:
         raise _failure(job, rc, tail)
     return json.loads((job / "result.json").read_text())
+
+
+def pending_jobs(paths: Paths, since: float = 0.0) -> list[Path]:
+    """Multi-node jobs written to the shared home after ``since`` (epoch seconds) that have no result yet, oldest
+    first: what the other machines of a job join."""
+    out = []
+    for spec in (paths.home / "jobs").glob("*/job.json"):
+        job = spec.parent
+        if spec.stat().st_mtime >= since and not (job / "result.json").exists():
+            if json.loads(spec.read_text()).get("launch", {}).get("nnodes", 1) > 1:
+                out.append(job)
+    return sorted(out, key=lambda j: (j / "job.json").stat().st_mtime)
+
+
+def join(job: Path, log: Callable[[str], None] = print) -> int:
+    """Run this machine's share of a multi-node ``job``: torchrun with the job's own launch settings and
+    rendezvous id, meeting node 0 at its ``rdzv_endpoint``. Returns torchrun's exit code."""
+    spec = json.loads((job / "job.json").read_text())
+    launch = LaunchSettings.model_validate(spec["launch"])
+    cmd = torchrun_command(launch, job, spec["rdzv_id"])
+    log(f"joining {job.name}: {' '.join(cmd)}")
+    env = os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
+                        "FLYWHEEL_HOME": spec["home"], "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(cmd, cwd=REPO_ROOT, env=env).returncode
 
 
 def _failure(job: Path, rc: int, tail: list[str]) -> RankFailed:

@@ -123,3 +123,26 @@ def test_a_rank_that_raises_fails_the_launch_with_its_own_traceback(base):
     with pytest.raises(launch.RankFailed, match=r"rank \d failed: ValueError: ladder.batch_size 8 must equal") as err:
         _run(base, "bad", strategy="ddp", micro=3)
     assert "Traceback" in str(err.value)
+
+
+def test_two_machines_meet_at_the_rendezvous_and_train_as_two_processes_of_one_machine(base, ddp):
+    """Node 0 launches a 2-node job (one process each, c10d rendezvous on a free port); `flywheel join`, started
+    as the other machine would start it, finds the job in the shared home and runs its share: the weights of
+    2 processes on one machine, and `join` exits 0."""
+    import subprocess
+    import sys
+
+    from flywheel.settings import REPO_ROOT, get_paths
+    from tests.openai_stub import free_port
+
+    nodes = LaunchSettings(nproc_per_node=1, nnodes=2, rdzv_endpoint=f"127.0.0.1:{free_port()}")
+    joiner = subprocess.Popen([sys.executable, "-m", "flywheel.cli", "join", "--since", str(time.time() - 1),
+                               "--idle-timeout", "120"], cwd=REPO_ROOT,
+                              env=os.environ | {"FLYWHEEL_HOME": str(get_paths().home)})
+    try:
+        res, w = _run(base, "nodes", nodes, strategy="ddp")
+        assert joiner.wait(timeout=120) == 0
+    finally:
+        joiner.kill()
+    assert res["world"] == 2
+    assert _max_diff(ddp[1], w) <= 1e-6
