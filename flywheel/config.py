@@ -283,13 +283,35 @@ class FlywheelConfig(BaseModel):
         return p if p.is_absolute() else REPO_ROOT / p
 
 
+def _merge(base: dict, over: dict) -> dict:
+    """``over`` on top of ``base``: mappings merge key by key, anything else (lists included) is replaced."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _with_base(path: Path, data: dict, seen: tuple = ()) -> dict:
+    """A config may start from another (``extends: production.yaml``, relative to its own folder) and say only
+    what differs; mappings merge, lists (the rungs) are replaced whole."""
+    base = data.pop("extends", None)
+    if base is None:
+        return data
+    b = (path.parent / base).resolve()
+    if b in seen or b == path.resolve():
+        raise ValueError(f"{path}: extends {base} makes a circle")
+    if not b.exists():
+        raise FileNotFoundError(f"{path}: extends {base}, but there is no {b}")
+    return _merge(_with_base(b, yaml.safe_load(b.read_text()) or {}, seen + (path.resolve(),)), data)
+
+
 def load_config(path: str | Path | None = None) -> FlywheelConfig:
     if path is None:
         return FlywheelConfig()
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"no config at {p}; shipped configs are in configs/")
-    data = yaml.safe_load(p.read_text()) or {}
+    data = _with_base(p, yaml.safe_load(p.read_text()) or {})
     try:
         return FlywheelConfig.model_validate(data)
     except ValidationError as exc:

@@ -196,6 +196,7 @@ def plan_rung(rung: RungConfig, s: Shape, batch_size: int, gpus: int | None = No
               tflops: float = TFLOPS, mfu: float = MFU, pairs: int = PAIRS) -> RungPlan:
     """One rung's plan on ``gpus`` devices (None: its launch world size; ``single`` always trains on one)."""
     w = 1 if rung.strategy == "single" else (gpus or rung.launch.world_size)
+    strategy = rung.strategy if w > 1 else "single"   # models.runtime: ddp / fsdp over one process run as single
     micro = rung.micro_batch_size or math.ceil(batch_size / (w * (rung.grad_accum_steps or 1)))
     total, n = param_counts(s)
     half = rung.precision != "fp32"
@@ -203,11 +204,11 @@ def plan_rung(rung: RungConfig, s: Shape, batch_size: int, gpus: int | None = No
         trainable = lora_params(s, rung.lora)
     else:
         trainable = total - (s.vocab * s.hidden if rung.freeze_embeddings else 0)
-    cached = not rung.lora and rung.strategy != "fsdp"       # autocast keeps these casts for the whole forward
+    cached = not rung.lora and strategy != "fsdp"       # autocast keeps these casts for the whole forward
     copies = 2 * half * (total if cached or not rung.gradient_checkpointing else layer_params(s))
     weights = (total + (trainable if rung.lora else 0)) * 4     # fp32; LoRA's adapters sit beside the base
-    grads, optim = trainable * 4 * (2 if rung.strategy == "ddp" else 1), trainable * 8
-    if rung.strategy == "fsdp":
+    grads, optim = trainable * 4 * (2 if strategy == "ddp" else 1), trainable * 8
+    if strategy == "fsdp":
         weights, grads, optim = weights / w + 2 * layer_params(s) * 4, grads / w, optim / w
     weights += copies
     f = activation_bytes(s) * (1 if half else 2)

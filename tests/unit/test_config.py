@@ -47,3 +47,20 @@ def test_prefect_yaml_deployments_load():
             CronSchedule(cron=s["cron"], timezone=s.get("timezone", "UTC"))      # raises on a bad cron
         # the parameters must be ones the flow takes
         assert set(d.get("parameters") or {}) <= set(flow.parameters.properties), d["name"]
+
+
+def test_a_config_extends_another_and_says_only_what_differs(tmp_path):
+    from flywheel.config import load_config
+
+    one = load_config("configs/production_1gpu.yaml")
+    base = load_config("configs/production.yaml")
+    assert one.judge == base.judge and one.fanout == base.fanout and one.ladder.batch_size == base.ladder.batch_size
+    assert one.name == "production-1gpu" and [r.launch.world_size for r in one.ladder.rungs] == [1, 1, 1]
+    assert one.ladder.rungs[0].lora is not None and one.ladder.checkpoint_every == base.ladder.checkpoint_every
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(ValueError, match="circle"):
+        load_config(tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("extends: missing.yaml\n")
+    with pytest.raises(FileNotFoundError, match="missing.yaml"):
+        load_config(tmp_path / "c.yaml")
