@@ -46,7 +46,9 @@ class DecoderRanker(nn.Module):
         return w[self.yes_id] - w[self.no_id]
 
     def hidden(self, input_ids, attention_mask, **kw) -> torch.Tensor:
-        return self.lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, **kw).last_hidden_state
+        # no key/value cache: a whole-prompt forward reads none back (the config's use_cache would build one)
+        return self.lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
+                                     **kw).last_hidden_state
 
     def forward(self, input_ids=None, attention_mask=None, last_index=None, inputs_embeds=None, **_):
         if inputs_embeds is not None:

@@ -99,7 +99,10 @@ def init_runtime(device: str = "auto", precision: str = "fp32", strategy: str = 
 def enable_gradient_checkpointing(model) -> None:
     """Recompute each block's activations in the backward pass (HF's implementation) instead of keeping them."""
     inner = getattr(model, "lm", None) or getattr(model, "bert", None) or model
-    inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if hasattr(inner, "activation_checkpointing_enable"):       # transformers 5.2x (the old name is deprecated)
+        inner.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def wrap(model: torch.nn.Module, rt: Runtime) -> torch.nn.Module:

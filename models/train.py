@@ -215,7 +215,8 @@ def train_ranker(model, tokenizer, contract, pairs: pd.DataFrame, target: str, m
               else [{"params": list(inner.parameters())}])
     groups = [g | {"params": [p for p in g["params"] if p.requires_grad]} for g in groups]
     trainable = [p for g in groups for p in g["params"]]
-    opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, weight_decay=cfg.weight_decay,
+                            fused=rt.device.type == "cuda" or None)      # one kernel for every parameter on GPUs
     warm = max(1, int(cfg.warmup_frac * total))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warm) * max(0.0, (total - s) / max(1, total - warm)) if s >= warm else (s + 1) / warm)

@@ -55,3 +55,29 @@ def test_loader_workers_deliver_the_loops_micro_batches(encoder):
         for x, y in zip(a, b):
             assert all(torch.equal(x["enc"][k], y["enc"][k]) for k in x["enc"]) and torch.equal(x["target"], y["target"])
     assert [len(x["target"]) for x in here[0]] == [2, 2]                 # rank 1's half of 8 pairs, in 2 micro-batches
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_gradient_checkpointing_and_bf16_autocast_train_the_same_model(precision, tmp_path):
+    """Recomputing each block in the backward pass changes no gradient (tiny Qwen3, no dropout): the same weights
+    within float rounding; under bf16 autocast on the CPU the loop runs and ends within bf16 rounding of fp32."""
+    from models.decoder import DecoderRanker, build_tiny_qwen3, decoder_contract, train_bpe_tokenizer
+    from models.runtime import Runtime
+    from models.train import TrainConfig, train_ranker
+    from tests.dist_jobs import WORDS
+
+    pairs = toy_pairs()
+    tok = train_bpe_tokenizer((pairs.title + " " + pairs.text).tolist() + WORDS * 10, vocab_size=600)
+    c = decoder_contract(tok, max_length=32)
+    out = {}
+    for ckpt in (False, True):
+        model = DecoderRanker(build_tiny_qwen3(tok, "qwen3-tiny", seed=0), c.yes_token_id, c.no_token_id)
+        res = train_ranker(model, tok, c, pairs, "target", "labels",
+                           TrainConfig(epochs=1, batch_size=8, lr=1e-3, gradient_checkpointing=ckpt),
+                           runtime=Runtime(torch.device("cpu"), precision))
+        assert model.lm.model.gradient_checkpointing is ckpt            # HF's flag: blocks recomputed in backward
+        out[ckpt] = (res.losses, {k: v.clone() for k, v in model.state_dict().items()})
+    tol = 1e-5 if precision == "fp32" else 2e-2
+    assert out[True][0] == pytest.approx(out[False][0], abs=tol)
+    assert max((out[True][1][k] - out[False][1][k]).abs().max().item() for k in out[True][1]) <= tol
+    assert out[True][1]["lm.model.layers.0.self_attn.q_proj.weight"].dtype == torch.float32   # fp32 master weights
