@@ -171,6 +171,9 @@ class LadderConfig(BaseModel):
     checkpoint_every: int = Field(0, ge=0)
     # DataLoader processes collating the next step's micro-batches while the device runs this one (0: in the loop)
     loader_workers: int = Field(0, ge=0, le=64)
+    # order each global batch's pairs by length before cutting it into micro-batches (fewer padded tokens when a
+    # step has several micro-batches; pairwise terms then see the same-query pairs sharing a micro-batch)
+    length_buckets: bool = False
 
     @model_validator(mode="after")
     def _names(self):

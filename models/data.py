@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 
 PAD_FREE = ("attention_mask", "token_type_ids", "soft_mask")     # padded with 0 / False; input_ids with the pad id
@@ -97,8 +98,12 @@ class MicroBatches(torch.utils.data.Dataset):
 
     def __init__(self, batches: list[np.ndarray], tokens: pa.Table, pairs: pd.DataFrame, qidx: np.ndarray,
                  target: str, pad_id: int, world: int, accum: int, rank: int, aux_target: str | None = None,
-                 aux_mask: str | None = None):
+                 aux_mask: str | None = None, bucket: bool = False):
         self.batches, self.tokens, self.qidx, self.pad_id = batches, tokens, qidx, pad_id
+        # length buckets: each global batch's pairs ordered by length before it is cut into micro-batches, so a
+        # micro-batch pads to a length close to its pairs' own (pairwise / listwise terms then see the same-query
+        # pairs that share a micro-batch)
+        self.lengths = pc.list_value_length(tokens.column("input_ids")).to_numpy() if bucket else None
         self.world, self.accum, self.rank = world, accum, rank
         self.y = pairs[target].to_numpy(dtype=np.float32)
         self.aux = pairs[aux_target].fillna(0.0).to_numpy(dtype=np.float32) if aux_target else None
@@ -112,6 +117,8 @@ class MicroBatches(torch.utils.data.Dataset):
         from models.train import micro_batches
 
         b = self.batches[i]
+        if self.lengths is not None:
+            b = b[np.argsort(self.lengths[b], kind="stable")]
         out = []
         for mb in micro_batches(b, self.world, self.accum, self.rank):
             weight = len(mb) * self.world / len(b)

@@ -57,6 +57,7 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     checkpoint_every: int = 0      # with checkpoint_dir: a step checkpoint every this many optimizer steps
     loader_workers: int = 0        # DataLoader processes collating the next micro-batches (0: in the loop)
+    length_buckets: bool = False   # order each global batch by length before cutting it into micro-batches
 
 
 @dataclass
@@ -163,7 +164,10 @@ def _rng_states(rt: rtm.Runtime) -> list:
 
 
 def _set_rng(states: list, rt: rtm.Runtime) -> None:
-    mine = states[rt.rank]
+    if len(states) != rt.world:      # resumed on another number of processes: the data order still resumes exactly
+        log.warning("step checkpoint written by %d processes, resumed on %d: dropout draws differ from an "
+                    "uninterrupted run", len(states), rt.world)
+    mine = states[min(rt.rank, len(states) - 1)]
     torch.set_rng_state(mine["cpu"])
     if mine["cuda"] is not None and rt.device.type == "cuda":
         torch.cuda.set_rng_state(mine["cuda"], rt.device)
@@ -284,7 +288,7 @@ def train_ranker(model, tokenizer, contract, pairs: pd.DataFrame, target: str, m
             break
         epoch_rng = rng.bit_generator.state
         data = MicroBatches(_batches(pairs, cfg.batch_size, rng), tokens, pairs, qidx, target, pad_id, rt.world,
-                            accum, rt.rank, aux_target if cfg.aux_weight else None, aux_mask)
+                            accum, rt.rank, aux_target if cfg.aux_weight else None, aux_mask, cfg.length_buckets)
         first = skip if epoch == start_epoch else 0
         for bi, mine in enumerate(loader(data, first, cfg.loader_workers, rt.device.type == "cuda"), start=first):
             if step >= total:

@@ -143,7 +143,7 @@ def scale_settings(rung: RungConfig, lc) -> dict:
     """The TrainConfig fields that say how a step runs, from the rung and the ladder."""
     return {"micro_batch_size": rung.micro_batch_size, "grad_accum_steps": rung.grad_accum_steps,
             "gradient_checkpointing": rung.gradient_checkpointing, "checkpoint_every": lc.checkpoint_every,
-            "loader_workers": lc.loader_workers}
+            "loader_workers": lc.loader_workers, "length_buckets": lc.length_buckets}
 
 
 def with_lora(model, rung: RungConfig):

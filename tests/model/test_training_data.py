@@ -81,3 +81,21 @@ def test_gradient_checkpointing_and_bf16_autocast_train_the_same_model(precision
     assert out[True][0] == pytest.approx(out[False][0], abs=tol)
     assert max((out[True][1][k] - out[False][1][k]).abs().max().item() for k in out[True][1]) <= tol
     assert out[True][1]["lm.model.layers.0.self_attn.q_proj.weight"].dtype == torch.float32   # fp32 master weights
+
+
+def test_length_buckets_pad_fewer_tokens_and_keep_every_pair_of_the_step(encoder):
+    c = ScoringContract(max_length=64)
+    pairs = toy_pairs(n_queries=8, seed=4)
+    pairs["text"] = [" ".join([t] * (1 + i % 7)) for i, t in enumerate(pairs.text)]    # lengths that vary
+    tokens = data.tokenised(encoder, c, pairs)
+    batches = [np.arange(len(pairs))]
+    padded, seen = {}, {}
+    for bucket in (False, True):
+        ds = data.MicroBatches(batches, tokens, pairs, np.arange(len(pairs)) // 4, "target", 0, world=1, accum=4,
+                               rank=0, bucket=bucket)
+        items = ds[0]
+        padded[bucket] = sum(x["enc"]["input_ids"].numel() for x in items)
+        seen[bucket] = sorted(x["enc"]["input_ids"][i][x["enc"]["attention_mask"][i].bool()].tolist().__repr__()
+                              for x in items for i in range(len(x["target"])))
+    assert seen[True] == seen[False]                     # the same pairs train in the step
+    assert padded[True] < padded[False]
