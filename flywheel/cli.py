@@ -107,33 +107,36 @@ def plan(config: str = typer.Option("configs/production.yaml", help="flywheel co
 
 
 @app.command()
-def join(follow: bool = typer.Option(False, help="keep joining each new job (every rung of the ladder) until "
-                                                 "--idle-timeout passes with none"),
+def join(follow: bool = typer.Option(False, help="keep joining each new job (every rung of the ladder, and the "
+                                                 "retries of a failed one) until --idle-timeout passes with none"),
          idle_timeout: float = typer.Option(3600.0, help="seconds to wait for a job to join"),
-         since: float = typer.Option(0.0, help="join only jobs written after this epoch time (default: any "
-                                               "without a result)")):
+         since: Optional[float] = typer.Option(None, help="join only jobs launched after this epoch time (default: "
+                                                          "in the last 10 minutes; older ones have timed out)")):
     """Run this machine's share of a multi-node rung. Node 0 runs the flow (or its Prefect deployment); its train
     tasks write each rung's job to FLYWHEEL_HOME/jobs (which every machine must share) and start torchrun with
     launch.nnodes nodes meeting at launch.rdzv_endpoint. On every other machine, `flywheel join --follow` waits
-    for those jobs and starts the same torchrun command, so the ranks meet. Exit code: torchrun's (1 on timeout)."""
+    for those jobs and starts the same torchrun command, so the ranks meet; a failed job's retry is joined too.
+    Exit code: torchrun's (without --follow), 0 after --follow's idle timeout when it joined any, else 1."""
     import time
 
     from flywheel.training.launch import join as join_job
     from flywheel.training.launch import pending_jobs
 
-    paths, joined, waited = configure_environment(), set(), time.time()
+    paths, joined, waited, failed = configure_environment(), set(), time.time(), 0
+    after = time.time() - 600 if since is None else since
     while True:
-        jobs = [j for j in pending_jobs(paths, since) if j not in joined]
+        jobs = [jt for jt in pending_jobs(paths, after) if jt not in joined]
         if not jobs:
             if time.time() - waited > idle_timeout:
-                typer.echo(f"no multi-node job to join under {paths.home / 'jobs'} after {idle_timeout:g} s")
-                raise typer.Exit(0 if joined else 1)
+                typer.echo(f"no multi-node job to join under {paths.home / 'jobs'} for {idle_timeout:g} s")
+                raise typer.Exit(0 if joined and not failed else 1)
             time.sleep(1.0)
             continue
-        rc = join_job(jobs[0], typer.echo)
+        rc = join_job(jobs[0][0], typer.echo)
         joined.add(jobs[0])
-        if rc or not follow:
+        if not follow:
             raise typer.Exit(rc)
+        failed = rc
         waited = time.time()
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 from dataclasses import asdict
 from pathlib import Path
 
@@ -27,8 +28,15 @@ import torch
 PAD_FREE = ("attention_mask", "token_type_ids", "soft_mask")     # padded with 0 / False; input_ids with the pad id
 
 
+_ENCODING_CODE = ("contract.py", "fields.py", "decoder.py", "cross_encoder.py", "data.py")
+
+
 def cache_key(tokenizer, contract, pairs: pd.DataFrame) -> str:
+    """Everything the token ids depend on: the contract, the tokenizer, the pairs' text, and the code that turns
+    them into prompts (a changed instruction or template is a new entry, never stale tokens)."""
     h = hashlib.sha256(json.dumps(asdict(contract), sort_keys=True).encode())
+    for name in _ENCODING_CODE:
+        h.update((Path(__file__).parent / name).read_bytes())
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:      # its vocabulary and rules, less the padding/truncation state a call leaves behind
         spec = {k: v for k, v in json.loads(backend.to_str()).items() if k not in ("padding", "truncation")}
@@ -66,7 +74,7 @@ def tokenised(tokenizer, contract, pairs: pd.DataFrame, cache_dir: str | Path | 
         return pa.ipc.open_file(pa.memory_map(str(path))).read_all()
     table = _tokenise(tokenizer, contract, pairs)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
+    tmp = path.with_name(f".tmp-{path.name}-{socket.gethostname()}-{os.getpid()}")   # ranks on shared storage
     with pa.OSFile(str(tmp), "wb") as f, pa.ipc.new_file(f, table.schema) as w:
         w.write_table(table)
     os.replace(tmp, path)
@@ -90,6 +98,36 @@ def collate(tokens: pa.Table, idx: np.ndarray, pad_id: int) -> dict[str, torch.T
     return out
 
 
+def micro_batches(batch: np.ndarray, world: int, accum: int, rank: int, groups: np.ndarray | None = None,
+                  lengths: np.ndarray | None = None) -> list[np.ndarray]:
+    """Rank ``rank``'s ``accum`` micro-batches of a global ``batch``: the batch cut into ``world × accum`` parts of
+    near-equal size, in order, part j going to rank j mod world (an empty part when there are fewer units than
+    parts). With ``groups`` (the query of
+    each item) the cuts fall between queries, so pairwise and listwise terms keep every pair of a query; with
+    ``lengths`` too, the queries are first ordered by their mean length (length buckets: a micro-batch's pairs
+    pad to similar lengths)."""
+    parts = world * accum
+    if groups is None:
+        split = np.array_split(batch, parts)
+    else:
+        starts = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1]])         # each query's run in the batch
+        units = np.split(batch, starts[1:])
+        if lengths is not None:
+            units = sorted(units, key=lambda u: float(lengths[u].mean()))       # stable: ties keep their order
+        sizes, n = np.cumsum([len(u) for u in units]), len(units)
+        cuts = [0]
+        for k in range(1, parts):
+            # after the unit whose running total is nearest k/parts of the batch, leaving no part empty that a
+            # unit could fill
+            c = int(np.argmin(np.abs(sizes - len(batch) * k / parts))) + 1
+            lo = min(cuts[-1] + 1, n)
+            hi = max(n - (parts - k), lo)
+            cuts.append(min(max(c, lo), hi))
+        cuts.append(n)
+        split = [np.concatenate(units[a:b]) if b > a else batch[:0] for a, b in zip(cuts[:-1], cuts[1:])]
+    return split[rank::world]        # part j to rank j mod world: the empty parts of a short batch spread out
+
+
 class MicroBatches(torch.utils.data.Dataset):
     """Item ``i``: this rank's micro-batches of global batch ``batches[i]``, each a dict of tensors — the padded
     inputs (``enc``), ``target``, ``group`` (query index), optional ``aux`` / ``aux_mask``, ``doc_emb`` for
@@ -100,9 +138,8 @@ class MicroBatches(torch.utils.data.Dataset):
                  target: str, pad_id: int, world: int, accum: int, rank: int, aux_target: str | None = None,
                  aux_mask: str | None = None, bucket: bool = False):
         self.batches, self.tokens, self.qidx, self.pad_id = batches, tokens, qidx, pad_id
-        # length buckets: each global batch's pairs ordered by length before it is cut into micro-batches, so a
-        # micro-batch pads to a length close to its pairs' own (pairwise / listwise terms then see the same-query
-        # pairs that share a micro-batch)
+        # length buckets: each global batch's queries ordered by length before it is cut into micro-batches, so a
+        # micro-batch pads to a length close to its pairs' own
         self.lengths = pc.list_value_length(tokens.column("input_ids")).to_numpy() if bucket else None
         self.world, self.accum, self.rank = world, accum, rank
         self.y = pairs[target].to_numpy(dtype=np.float32)
@@ -114,13 +151,9 @@ class MicroBatches(torch.utils.data.Dataset):
         return len(self.batches)
 
     def __getitem__(self, i: int) -> list[dict]:
-        from models.train import micro_batches
-
         b = self.batches[i]
-        if self.lengths is not None:
-            b = b[np.argsort(self.lengths[b], kind="stable")]
         out = []
-        for mb in micro_batches(b, self.world, self.accum, self.rank):
+        for mb in micro_batches(b, self.world, self.accum, self.rank, self.qidx[b], self.lengths):
             weight = len(mb) * self.world / len(b)
             if not len(mb):
                 mb, weight = b[:1], 0.0

@@ -98,13 +98,19 @@ def count_params_float(model, non_embedding: bool = True) -> int:
     return family.count_params(model, non_embedding)
 
 
-@torch.inference_mode()
 def score_pairs(model, tokenizer, contract: ScoringContract, queries: list[str], titles: list[str],
                 texts: list[str], batch_size: int = 64, shared_prefix: bool = True,
                 doc_emb=None) -> list[float]:
     """Scores in input order. Batched and length-bucketed; decoder rankers compute each query's prefix once
     (``shared_prefix``) and score the documents against its cached keys and values. Soft-token rankers need
-    ``doc_emb`` [n, embed_dim], the documents' embeddings by the contract's ``embedder``."""
+    ``doc_emb`` [n, embed_dim], the documents' embeddings by the contract's ``embedder``. A model sharded by FSDP
+    (validation during training) runs whole prompts under ``no_grad``: its gathered parameters must outlive
+    inference mode."""
+    with torch.no_grad() if is_sharded(model) else torch.inference_mode():
+        return _score_pairs(model, tokenizer, contract, queries, titles, texts, batch_size, shared_prefix, doc_emb)
+
+
+def _score_pairs(model, tokenizer, contract, queries, titles, texts, batch_size, shared_prefix, doc_emb):
     model.eval()
     soft = contract.compression == "soft"
     if soft and (doc_emb is None or len(doc_emb) != len(queries)):

@@ -19,6 +19,7 @@ CPU (on rank 0 only under FSDP), so checkpoints look the same whatever the strat
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 from dataclasses import dataclass
 
@@ -70,6 +71,16 @@ def barrier() -> None:
         dist.barrier()
 
 
+def broadcast_value(v: float, rt: Runtime) -> float:
+    """Rank 0's ``v`` on every rank: decisions taken on it (keep this state? stop?) are then the same everywhere,
+    whatever the ranks computed (a rank that decided otherwise would enter or skip a collective and hang the job)."""
+    if not rt.distributed:
+        return v
+    t = torch.tensor([v], dtype=torch.float64, device=rt.device if rt.device.type == "cuda" else "cpu")
+    dist.broadcast(t, 0)
+    return float(t.item())
+
+
 def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device: cuda was asked for but torch sees no CUDA device; use device: auto or cpu")
@@ -89,10 +100,16 @@ def init_runtime(device: str = "auto", precision: str = "fp32", strategy: str = 
     dev = resolve_device(device, local)
     if dev.type == "cpu" and precision == "fp16":
         raise RuntimeError("precision fp16 needs a GPU (CPU autocast has no fp16 matmuls worth having): use bf16")
+    if strategy == "fsdp" and precision == "fp16":
+        raise RuntimeError("precision fp16 with strategy fsdp would need a sharded loss scaler: use bf16")
     if world > 1 and not dist.is_initialized():
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
-        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+        # rank 0 alone writes checkpoints and the rung (a 7B model to network storage takes minutes) while the
+        # others wait in a collective: the default 10-minute watchdog would kill the job
+        minutes = float(os.environ.get("FLYWHEEL_DIST_TIMEOUT_MIN", "120"))
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo",
+                                timeout=datetime.timedelta(minutes=minutes))
     return Runtime(dev, precision, strategy, rank, world, local)
 
 
@@ -108,17 +125,18 @@ def enable_gradient_checkpointing(model) -> None:
 def wrap(model: torch.nn.Module, rt: Runtime) -> torch.nn.Module:
     """The model as the strategy trains it. DDP returns a wrapper (the model is ``.module``); FSDP2 shards the
     model in place (each block, then the root) and returns it."""
-    model.to(rt.device)
-    if rt.strategy == "ddp":
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        return DDP(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
-    if rt.strategy == "fsdp":
+    if rt.strategy == "fsdp":       # shard on the host first, then move: each device receives only its shards
         from torch.distributed.fsdp import fully_shard
 
         for block in model.blocks():
             fully_shard(block)
         fully_shard(model)
+        return model.to(rt.device)
+    model.to(rt.device)
+    if rt.strategy == "ddp":
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        return DDP(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
     return model
 
 

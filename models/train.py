@@ -16,6 +16,7 @@ started, and :class:`TrainResult` says so.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
@@ -120,13 +121,6 @@ def accumulation_steps(batch_size: int, world: int, micro: int | None, accum: in
     return accum
 
 
-def micro_batches(batch: np.ndarray, world: int, accum: int, rank: int) -> list[np.ndarray]:
-    """Rank ``rank``'s ``accum`` micro-batches of a global ``batch``: contiguous parts of ``world × accum``
-    near-equal parts (an empty part when the batch is shorter than that)."""
-    parts = np.array_split(batch, world * accum)
-    return parts[rank * accum:(rank + 1) * accum]
-
-
 def _loss(net, item: dict, mode: str, cfg: TrainConfig, rt: rtm.Runtime) -> torch.Tensor:
     """One micro-batch's loss (:class:`models.data.MicroBatches` item), unweighted."""
     with rt.autocast():
@@ -206,7 +200,7 @@ def train_ranker(model, tokenizer, contract, pairs: pd.DataFrame, target: str, m
         rtm.enable_gradient_checkpointing(model)
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir and cfg.checkpoint_every else None
     resume = latest_checkpoint(ckpt_dir)
-    state = torch.load(resume, map_location="cpu", weights_only=False) if resume else None
+    state = torch.load(resume, map_location="cpu", weights_only=False, mmap=True) if resume else None
     if state is not None and rt.strategy != "fsdp":
         model.load_state_dict(state["model"])
     # FSDP shards a copy: the caller's model stays a plain module and gets the trained weights back at the end
@@ -248,7 +242,7 @@ def train_ranker(model, tokenizer, contract, pairs: pd.DataFrame, target: str, m
         nonlocal best_state, since_best
         net.eval()
         with torch.no_grad():
-            v = float(validate(inner))
+            v = rtm.broadcast_value(float(validate(inner)), rt)
         net.train()
         res.history.append((step, v))
         if res.best_step is None or v > res.best_score + cfg.min_delta:
@@ -296,7 +290,7 @@ def train_ranker(model, tokenizer, contract, pairs: pd.DataFrame, target: str, m
             step_loss = torch.zeros((), device=rt.device)
             for k, item in enumerate(mine):
                 sync = k == len(mine) - 1
-                ctx = net.no_sync() if rt.strategy == "ddp" and not sync else _nullcontext()
+                ctx = net.no_sync() if rt.strategy == "ddp" and not sync else contextlib.nullcontext()
                 if rt.strategy == "fsdp":
                     net.set_requires_gradient_sync(sync)
                 with ctx:
@@ -333,10 +327,10 @@ def train_ranker(model, tokenizer, contract, pairs: pd.DataFrame, target: str, m
 
 
 def _hold_for_tests(step: int, rt: rtm.Runtime, ckpt_dir: Path) -> None:
-    """Fault injection for the resume tests: with ``FLYWHEEL_HOLD_AT_STEP=n`` in the environment, the last rank
+    """Fault injection for the resume tests: with ``FLYWHEEL_TEST_HOLD_AT_STEP=n`` in the environment, the last rank
     stops right after step n's checkpoint, says so in ``<checkpoint_dir>/held`` (its pid), and waits to be killed;
     once per checkpoint directory, so the rerun goes through."""
-    if os.environ.get("FLYWHEEL_HOLD_AT_STEP") != str(step) or rt.rank != rt.world - 1:
+    if os.environ.get("FLYWHEEL_TEST_HOLD_AT_STEP") != str(step) or rt.rank != rt.world - 1:
         return
     marker = ckpt_dir / "held"
     if marker.exists():
@@ -347,8 +341,3 @@ def _hold_for_tests(step: int, rt: rtm.Runtime, ckpt_dir: Path) -> None:
     print(f"HELD rank {rt.rank} pid {os.getpid()} after step {step}", flush=True)
     threading.Event().wait()
 
-
-def _nullcontext():
-    import contextlib
-
-    return contextlib.nullcontext()

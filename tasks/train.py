@@ -72,7 +72,7 @@ def engagement_events(date: str, cfg: FlywheelConfig, golden_hash: str) -> dict:
       persist_result=True)
 def train_engagement_teacher(events_fp: str, cfg: FlywheelConfig) -> dict:
     with progress("train engagement teacher", None) as advance:
-        return lib.train_engagement_teacher(events_fp, cfg, paths(), progress=advance)
+        return _launch("train_engagement_teacher", {"events_fingerprint": events_fp}, "teacher", cfg, advance)
 
 
 @task(name="prune-student", retries=1, retry_delay_seconds=1, cache_key_fn=content_key, persist_result=True)

@@ -28,11 +28,12 @@ def toy_pairs(n_queries: int = 10, seed: int = 0) -> pd.DataFrame:
 
 def train_toy(base: str, out: str, strategy: str = "ddp", precision: str = "fp32", micro: int | None = None,
               accum: int | None = None, epochs: int = 2, batch_size: int = 8, checkpoint_every: int = 0,
-              ckpt_dir: str | None = None, lora: bool = False, cfg=None, paths=None, progress=None) -> dict:
+              ckpt_dir: str | None = None, lora: bool = False, validate: bool = False, cfg=None, paths=None,
+              progress=None) -> dict:
     import torch
 
     from models.lora import apply_lora, merge_lora
-    from models.ranker import load_ranker
+    from models.ranker import load_ranker, score_pairs
     from models.runtime import init_runtime
     from models.train import TrainConfig, train_ranker
 
@@ -40,10 +41,19 @@ def train_toy(base: str, out: str, strategy: str = "ddp", precision: str = "fp32
     model, tok, contract = load_ranker(base)
     if lora:
         apply_lora(model, 4, 8.0, 0.0, ["q_proj", "v_proj"])
+    val = toy_pairs(n_queries=6, seed=9)
+
+    def margin(m) -> float:
+        """Validation: mean score of relevant minus irrelevant pairs on held-out queries (every rank scores)."""
+        s = np.array(score_pairs(m, tok, contract, val["query"].tolist(), val.title.tolist(), val.text.tolist()))
+        return float(s[val.target.to_numpy() == 1].mean() - s[val.target.to_numpy() == 0].mean())
+
     res = train_ranker(model, tok, contract, toy_pairs(), "target", "labels",
                        TrainConfig(epochs=epochs, batch_size=batch_size, lr=1e-3, seed=0, micro_batch_size=micro,
-                                   grad_accum_steps=accum, checkpoint_every=checkpoint_every),
-                       runtime=rt, checkpoint_dir=ckpt_dir)
+                                   grad_accum_steps=accum, checkpoint_every=checkpoint_every,
+                                   eval_every=2 if validate else 0),
+                       runtime=rt, checkpoint_dir=ckpt_dir, validate=margin if validate else None)
     if rt.is_main:
         torch.save({k: v.detach().cpu() for k, v in merge_lora(model).state_dict().items()}, out)
-    return {"losses": res.losses, "world": rt.world, "strategy": rt.strategy}
+    return {"losses": res.losses, "world": rt.world, "strategy": rt.strategy, "history": res.history,
+            "best_step": res.best_step}

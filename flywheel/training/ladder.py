@@ -146,14 +146,31 @@ def scale_settings(rung: RungConfig, lc) -> dict:
             "loader_workers": lc.loader_workers, "length_buckets": lc.length_buckets}
 
 
-def with_lora(model, rung: RungConfig):
+def with_lora(model, rung: RungConfig, seed: int = 0):
     """The rung's model with LoRA adapters when ``rung.lora`` is set (merged again by :func:`save_rung`)."""
     if rung.lora is None:
         return model
+    import torch
+
     from models.lora import apply_lora
 
+    torch.manual_seed(seed)          # the adapters' initial A: the same on every rank and every run
     lo = rung.lora
     return apply_lora(model, lo.r, lo.alpha, lo.dropout, lo.target_modules)
+
+
+def layout_key(rung: RungConfig, lc) -> list[str]:
+    """Cache-key part of how a step is cut (processes x accumulation micro-batches, length buckets): pairwise and
+    listwise terms see only the same-query pairs of one micro-batch, so the cut changes the weights. Empty for one
+    process and one micro-batch a step (every rung trained before this setting existed), so their keys stay."""
+    world = rung.launch.world_size
+    micro, accum = rung.micro_batch_size, rung.grad_accum_steps
+    if world == 1 and micro is None and accum is None:
+        return []
+    from models.train import accumulation_steps
+
+    return [f"cut{world}x{accumulation_steps(lc.batch_size, world, micro, accum)}"
+            + ("-buckets" if lc.length_buckets else "")]
 
 
 def steps_dir(out: Path) -> Path:
@@ -283,7 +300,7 @@ def teacher_targets(pairs: pd.DataFrame, max_grade: int, target: str) -> pd.Seri
     return g / max_grade
 
 
-def train_teacher(judge_version: str, labels_fingerprint: str, cfg: FlywheelConfig, paths: Paths, progress=None) -> dict:
+def train_teacher(judge_version: str, labels_fingerprint: str, cfg: FlywheelConfig, paths: Paths, progress=None) -> dict | None:
     """The teacher on the judge's labels, validated on a held-out fold of labelled queries; also saves its
     untrained starting point (``start`` in the summary), the zero-shot baseline every rung is reported beside."""
     from flywheel.judge.policy import load_policy
@@ -296,7 +313,7 @@ def train_teacher(judge_version: str, labels_fingerprint: str, cfg: FlywheelConf
         raise ValueError(f"no usable labels for judge {judge_version}: label candidates first")
     pairs["target"] = teacher_targets(pairs, load_policy(cfg.resolve(cfg.policy)).max_grade, lc.teacher_target)
     key = sha256_text(judge_version, labels_fingerprint, rung.key_json(), str(lc.batch_size),
-                      *_validation_key(lc))[:12]
+                      *_validation_key(lc), *layout_key(rung, lc))[:12]
     out = paths.models / "ladder" / f"teacher-{key}"
     t = time.time()
     rt = rung_runtime(rung)
@@ -305,7 +322,7 @@ def train_teacher(judge_version: str, labels_fingerprint: str, cfg: FlywheelConf
     start = paths.models / "ladder" / f"start-{start_key}"
     if rt.is_main and not (start / "model.safetensors").exists():
         _save_atomic(model, tok, contract, start)
-    model = with_lora(model, rung)
+    model = with_lora(model, rung, cfg.seed)
     train, val = split_validation(pairs, cfg)
     losses, validation = train_validated(model, tok, contract, train, val, "target", "labels",
                                          TrainConfig(epochs=rung.epochs, lr=rung.lr, batch_size=lc.batch_size,
@@ -415,8 +432,10 @@ def stored_scores(parent: dict, pairs: pd.DataFrame, paths: Paths) -> pd.DataFra
         rank, world = rank_world()
         sub = have[missing]
         got = scoring.score_missing(parent, sub, paths, rank, world, barrier)
+        got = got.drop_duplicates(["query_id", "doc_hash"])        # a document's content twice in a query's pool
         scores = sub[["query_id", "doc_hash"]].merge(got, on=["query_id", "doc_hash"], how="left").score.to_numpy()
         have.loc[missing, "teacher_score"] = scores
+        barrier()                                                    # every rank has read every part
         if rank == 0:
             rows = sub[["query_id", "doc_id", "doc_hash"]].assign(
                 teacher=parent["rung"], model_version=parent["model_version"], score=scores,
@@ -449,8 +468,9 @@ def simulate_engagement(date: str, cfg: FlywheelConfig, paths: Paths) -> dict:
             "fingerprint": lk.fingerprint("engagement_events")}
 
 
-def train_engagement_teacher(events_fingerprint: str, cfg: FlywheelConfig, paths: Paths, progress=None) -> dict:
-    """The engagement teacher: the teacher rung's architecture trained on position-debiased engagement targets."""
+def train_engagement_teacher(events_fingerprint: str, cfg: FlywheelConfig, paths: Paths, progress=None) -> dict | None:
+    """The engagement teacher: the teacher rung's architecture trained on position-debiased engagement targets,
+    where and how the teacher trains (device, precision, strategy, LoRA, launch, step checkpoints)."""
     from flywheel.data.engagement import engagement_targets
     from models.train import TrainConfig, train_ranker
 
@@ -466,22 +486,27 @@ def train_engagement_teacher(events_fingerprint: str, cfg: FlywheelConfig, paths
     if (pairs.split == "test").any():
         raise RuntimeError("engagement on golden test queries reached training")
     rung = cfg.ladder.rungs[0]
-    key = sha256_text(events_fingerprint, rung.key_json(), cfg.engagement.model_dump_json())[:12]
+    rt = rung_runtime(rung)
+    key = sha256_text(events_fingerprint, rung.key_json(), cfg.engagement.model_dump_json(),
+                      *layout_key(rung, cfg.ladder))[:12]
     out = paths.models / "ladder" / f"engagement-{key}"
     t = time.time()
     model, tok, contract = build_rung(rung, paths, cfg.seed)
+    model = with_lora(model, rung, cfg.seed)
     # No validation fold here: engagement is a second signal, not the judge's, so its best state is not the one
     # that agrees best with the judge's labels; the students it teaches are validated.
     losses = train_ranker(model, tok, contract, pairs, "engagement", "labels",
                           TrainConfig(epochs=cfg.engagement.epochs, lr=rung.lr, batch_size=cfg.ladder.batch_size,
-                                      seed=cfg.seed), progress).losses
-    _save_atomic(model, tok, contract, out)
+                                      seed=cfg.seed, **scale_settings(rung, cfg.ladder)), progress,
+                          runtime=rt, checkpoint_dir=steps_dir(out), token_cache=paths.models / "tokens").losses
+    if not save_rung(model, tok, contract, out, rt):
+        return None
     return _summary(out, losses, time.time() - t, rung="engagement", train_pairs=int(len(pairs)),
                     simulated=bool(events.simulated.any()))
 
 
 def distil(rung_name: str, parent: dict, judge_version: str, cfg: FlywheelConfig, paths: Paths, progress=None,
-           engagement: dict | None = None) -> dict:
+           engagement: dict | None = None) -> dict | None:
     """Distil ``rung_name`` from ``parent``'s stored scores; with ``engagement`` (a trained engagement teacher),
     multi-teacher: + ``cfg.engagement.weight`` × MSE to the engagement teacher's scores (mapped onto the
     relevance teacher's scale), counted only on pairs where engagement was observed. Validated like every rung
@@ -509,11 +534,11 @@ def distil(rung_name: str, parent: dict, judge_version: str, cfg: FlywheelConfig
         aux = {"aux_target": "engagement_score", "aux_mask": "engagement_mask"}
     key = sha256_text(parent["model_version"], rung.key_json(), str(cfg.ladder.batch_size),
                       *([engagement["model_version"], str(cfg.engagement.weight)] if aux else []),
-                      *_distillation_key(cfg.ladder))[:12]
+                      *_distillation_key(cfg.ladder), *layout_key(rung, cfg.ladder))[:12]
     out = paths.models / "ladder" / f"{rung_name}-{key}"
     t = time.time()
     model, tok, contract = build_rung(rung, paths, cfg.seed, parent=parent)
-    model = with_lora(model, rung)
+    model = with_lora(model, rung, cfg.seed)
     train, losses, validation = distil_validated(
         model, tok, contract, pairs,
         TrainConfig(epochs=rung.epochs, lr=rung.lr * 2, batch_size=cfg.ladder.batch_size, seed=cfg.seed,
@@ -532,7 +557,7 @@ def distil(rung_name: str, parent: dict, judge_version: str, cfg: FlywheelConfig
 
 
 def prune_student(student: dict, judge_version: str, cfg: FlywheelConfig, paths: Paths, progress=None,
-                  mlp_keep: float | None = None, name: str = "student_pruned") -> dict:
+                  mlp_keep: float | None = None, name: str = "student_pruned") -> dict | None:
     """Drop the least influential layers of the student (depth), then, when configured, the least important MLP
     neurons and key/value groups of every remaining layer (width), then recover by distillation from the unpruned
     student. ``mlp_keep`` overrides ``ladder.prune_mlp_keep`` (the points of the size-versus-NDCG curve)."""
@@ -547,7 +572,7 @@ def prune_student(student: dict, judge_version: str, cfg: FlywheelConfig, paths:
     key = sha256_text(student["model_version"], str(lc.prune_drop_layers), str(lc.recovery_epochs),
                       *([str(lc.prune_mlp_keep), str(lc.prune_kv_groups_keep)]
                         if (lc.prune_mlp_keep, lc.prune_kv_groups_keep) != (1.0, 1.0) else []),
-                      *_distillation_key(lc))[:12]
+                      *_distillation_key(lc), *layout_key(rung, lc))[:12]
     out = paths.models / "ladder" / f"{name}-{key}"
     t = time.time()
     model, tok, contract = load_ranker(student["path"])

@@ -18,8 +18,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Callable
 
@@ -84,33 +86,59 @@ def run(target: str, kwargs: dict, launch: LaunchSettings, cfg: FlywheelConfig, 
             f"on the same shared storage, run `flywheel join` (or: {' '.join(cmd)})")
     env = os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
                         "FLYWHEEL_HOME": str(paths.home), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # its own process group: stopping the job (timeout, a cancelled flow run) stops torchrun and every rank it
+    # started, so no orphaned rank keeps its GPU when the task is retried
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
     tail: list[str] = []
-    try:
+
+    def read():
         for line in proc.stdout:
             log(line.rstrip())
             tail.append(line.rstrip())
             del tail[:-400]
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
         rc = proc.wait(timeout=launch.timeout_s)
+    except subprocess.TimeoutExpired:
+        _stop(proc)
+        raise RankFailed(f"{target} ran past launch.timeout_s = {launch.timeout_s:g} s: stopped every rank") from None
     except BaseException:
-        proc.kill()
-        proc.wait()
+        _stop(proc)
         raise
+    reader.join(timeout=10)
     if rc != 0:
         raise _failure(job, rc, tail)
     return json.loads((job / "result.json").read_text())
 
 
-def pending_jobs(paths: Paths, since: float = 0.0) -> list[Path]:
-    """Multi-node jobs written to the shared home after ``since`` (epoch seconds) that have no result yet, oldest
-    first: what the other machines of a job join."""
+def _stop(proc: subprocess.Popen, grace_s: float = 30.0) -> None:
+    """SIGTERM to torchrun's process group (it forwards it to the ranks), SIGKILL after ``grace_s``."""
+    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def pending_jobs(paths: Paths, since: float = 0.0) -> list[tuple[Path, float]]:
+    """Multi-node jobs (job directory, launch time) written to the shared home after ``since`` (epoch seconds)
+    that have no result yet, oldest first: what the other machines of a job join. Node 0 writes ``job.json``
+    again at every launch, so a retry of the same job is a new launch time to join."""
     out = []
     for spec in (paths.home / "jobs").glob("*/job.json"):
-        job = spec.parent
-        if spec.stat().st_mtime >= since and not (job / "result.json").exists():
+        job, t = spec.parent, spec.stat().st_mtime
+        if t >= since and not (job / "result.json").exists():
             if json.loads(spec.read_text()).get("launch", {}).get("nnodes", 1) > 1:
-                out.append(job)
-    return sorted(out, key=lambda j: (j / "job.json").stat().st_mtime)
+                out.append((job, t))
+    return sorted(out, key=lambda jt: jt[1])
 
 
 def join(job: Path, log: Callable[[str], None] = print) -> int:

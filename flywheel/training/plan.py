@@ -50,6 +50,10 @@ FRAGMENTATION, OVERHEAD_GIB = 0.10, 1.5
 TFLOPS, MFU, PAIRS = 989.0, 0.4, 100_000      # H100 SXM bf16 dense peak; a usual MFU for HF-style training
 
 
+class UnknownShape(ValueError):
+    """No shape is known for a checkpoint (not in the table, no local config.json, not in the HF cache)."""
+
+
 @dataclass(frozen=True)
 class Shape:
     kind: str                     # "decoder" (pre-norm GQA + SwiGLU) or "bert"
@@ -108,7 +112,7 @@ def shape_of(checkpoint: str) -> Shape:
         cached = None
     if isinstance(cached, str):
         return shape_from_config(Path(cached))
-    raise ValueError(f"unknown checkpoint {checkpoint!r}: give a local path holding its config.json, or add its "
+    raise UnknownShape(f"unknown checkpoint {checkpoint!r}: give a local path holding its config.json, or add its "
                      f"shape to KNOWN in flywheel/training/plan.py (known: {', '.join(KNOWN)})")
 
 
@@ -209,7 +213,9 @@ def plan_rung(rung: RungConfig, s: Shape, batch_size: int, gpus: int | None = No
     weights = (total + (trainable if rung.lora else 0)) * 4     # fp32; LoRA's adapters sit beside the base
     grads, optim = trainable * 4 * (2 if strategy == "ddp" else 1), trainable * 8
     if strategy == "fsdp":
-        weights, grads, optim = weights / w + 2 * layer_params(s) * 4, grads / w, optim / w
+        # with several micro-batches a step, gradients stay unsharded until the last one syncs (models.train)
+        accum = max(1, batch_size // (micro * w))
+        weights, grads, optim = weights / w + 2 * layer_params(s) * 4, grads / (1 if accum > 1 else w), optim / w
     weights += copies
     f = activation_bytes(s) * (1 if half else 2)
     tokens = micro * rung.max_length
@@ -291,7 +297,10 @@ def check_this_machine(cfg: FlywheelConfig) -> dict:
     if not torch.cuda.is_available() or all(r.device == "cpu" for r in cfg.ladder.rungs):
         return {"checked": False, "why": "no CUDA device: every rung trains on the CPU"}
     memory = torch.cuda.get_device_properties(0).total_memory / GIB
-    plans = check_fits(cfg, None, memory)
+    try:
+        plans = check_fits(cfg, None, memory)
+    except UnknownShape as exc:        # the rung will load its checkpoint; only the estimate is missing
+        return {"checked": False, "why": f"cannot plan: {exc}"}
     return {"checked": True, "gpu_memory_gib": round(memory, 2), "rungs": {p.rung: round(p.total_gib, 2) for p in plans}}
 
 

@@ -49,7 +49,7 @@ def test_kill_9_of_a_rank_then_the_tasks_retry_resumes_and_ends_with_the_uninter
     assert not ladder.steps_dir(out).exists()              # step checkpoints go once the rung is saved
 
     held = ladder.steps_dir(out) / "held"
-    monkeypatch.setenv("FLYWHEEL_HOLD_AT_STEP", "4")       # rank 1 waits after step 4's checkpoint, to be killed
+    monkeypatch.setenv("FLYWHEEL_TEST_HOLD_AT_STEP", "4")       # rank 1 waits after step 4's checkpoint, to be killed
 
     def kill_when_held():
         while not held.exists():

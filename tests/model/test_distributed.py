@@ -20,7 +20,8 @@ import torch
 
 from flywheel.config import FlywheelConfig, LaunchSettings
 from flywheel.training import launch
-from models.train import accumulation_steps, micro_batches
+from models.data import micro_batches
+from models.train import accumulation_steps
 
 TWO = LaunchSettings(nproc_per_node=2)
 
@@ -74,8 +75,10 @@ def test_global_batch_is_the_configured_one_whatever_the_number_of_processes():
     import numpy as np
 
     b = np.arange(7)
-    parts = [micro_batches(b, 2, 2, r) for r in range(2)]        # 4 micro-batches, contiguous, all pairs once
-    assert np.concatenate([m for p in parts for m in p]).tolist() == list(range(7))
+    parts = [[m.tolist() for m in micro_batches(b, 2, 2, r)] for r in range(2)]   # 4 parts, part j to rank j mod 2
+    assert parts == [[[0, 1], [4, 5]], [[2, 3], [6]]]
+    q = np.array([0, 0, 0, 1, 1, 2, 3])                                            # cut between queries
+    assert [[m.tolist() for m in micro_batches(b, 2, 2, r, q)] for r in range(2)] == [[[0, 1, 2], [5]], [[3, 4], [6]]]
 
 
 def test_ddp_on_two_processes_equals_one_process_with_the_same_global_batch(base, single, ddp):
@@ -96,9 +99,20 @@ def test_fsdp_on_two_processes_matches_one_process(base, single):
     assert _max_diff(single[1], w) <= 1e-6
 
 
+def test_fsdp_validates_every_two_steps_and_keeps_the_best_state_like_one_process(base):
+    """Validation under FSDP: every rank runs the sharded model forward on the held-out pairs, rank 0's figure
+    decides, and the state kept is the one one process keeps."""
+    one, w1 = _run(base, "val-single", LaunchSettings(), accum=2, validate=True)
+    two, w2 = _run(base, "val-fsdp", strategy="fsdp", validate=True)
+    steps = [0, 2, 4, 5, 6, 8, 10]                      # every 2 steps and at each epoch's end (5 steps an epoch)
+    assert [s for s, _ in two["history"]] == [s for s, _ in one["history"]] == steps
+    assert [v for _, v in two["history"]] == pytest.approx([v for _, v in one["history"]], abs=1e-5)
+    assert two["best_step"] == one["best_step"] and _max_diff(w1, w2) <= 1e-6
+
+
 def test_kill_9_of_a_rank_mid_epoch_then_rerun_resumes_from_the_step_checkpoint(base, ddp, monkeypatch):
     ck = base / "steps-killed"
-    monkeypatch.setenv("FLYWHEEL_HOLD_AT_STEP", "6")     # the last rank waits after step 6's checkpoint
+    monkeypatch.setenv("FLYWHEEL_TEST_HOLD_AT_STEP", "6")     # the last rank waits after step 6's checkpoint
     kw = {"strategy": "ddp", "checkpoint_every": 3, "ckpt_dir": str(ck)}
 
     def kill_when_held():

@@ -54,7 +54,9 @@ def test_loader_workers_deliver_the_loops_micro_batches(encoder):
         assert [x["weight"] for x in a] == [x["weight"] for x in b]
         for x, y in zip(a, b):
             assert all(torch.equal(x["enc"][k], y["enc"][k]) for k in x["enc"]) and torch.equal(x["target"], y["target"])
-    assert [len(x["target"]) for x in here[0]] == [2, 2]                 # rank 1's half of 8 pairs, in 2 micro-batches
+    # batch 1 is 2 queries of 4 pairs, cut between queries into 4 parts: rank 1 gets one whole query and an
+    # empty part (run as a zero-weight stand-in, so both ranks take as many backward passes)
+    assert [len(x["target"]) for x in here[0]] == [4, 1] and [x["weight"] for x in here[0]] == [1.0, 0.0]
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])

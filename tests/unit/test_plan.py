@@ -42,7 +42,8 @@ def test_production_fits_8x80_and_matches_the_hand_calculation():
     assert lora == 40_370_176
     # fp32 base + adapters sharded over 8, two fp32 layers gathered, and (frozen, checkpointed) one layer's bf16 casts
     weights = (total + lora) * 4 / W + 2 * layer * 4 + layer * 2
-    grads, optim = lora * 4 / W, lora * 8 / W
+    # 256 pairs a step = 8 a micro-batch x 8 GPUs x 4 accumulated: gradients stay whole until the last one syncs
+    grads, optim = lora * 4, lora * 8 / W
     acts = 28 * 8 * s * 3584 * 2 + 8 * s * 2 * (4 * 3584 + 2 * 3584 + 2 * 512 + 4 * 18944)
     t = plans["teacher"]
     assert (t.params, t.trainable, t.compute_params) == (total, lora, 28 * layer + 3584)
