@@ -230,7 +230,8 @@ def time_model_steps(model, tok, contract, pairs, rt, tc, warmup: int) -> Measur
 
     from models.losses import margin_mse, score_mse
     from models.ranker import encode_pairs
-    from models.train import accumulation_steps, micro_batches
+    from models.data import micro_batches
+    from models.train import accumulation_steps
 
     accum = accumulation_steps(tc.batch_size, rt.world, tc.micro_batch_size, tc.grad_accum_steps)
     qidx = pd.factorize(pairs.query_id)[0]
@@ -238,7 +239,9 @@ def time_model_steps(model, tok, contract, pairs, rt, tc, warmup: int) -> Measur
     for start in range(0, len(pairs), tc.batch_size):           # pairs come grouped by query: whole queries a batch
         b = np.arange(start, min(start + tc.batch_size, len(pairs)))
         step = []
-        for mb in micro_batches(b, rt.world, accum, rt.rank):
+        for mb in micro_batches(b, rt.world, accum, rt.rank, qidx[b]):      # cut between queries, as the loop
+            if not len(mb):
+                continue
             sub = pairs.iloc[mb]
             enc = encode_pairs(tok, contract, sub["query"].tolist(), sub.title.tolist(), sub.text.tolist())
             step.append((enc, torch.tensor(sub.target.to_numpy(), dtype=torch.float32),
@@ -247,7 +250,7 @@ def time_model_steps(model, tok, contract, pairs, rt, tc, warmup: int) -> Measur
     counter, marks = TokenCounter(model), []
     reset_memory()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=tc.lr,
-                            weight_decay=tc.weight_decay)
+                            weight_decay=tc.weight_decay, fused=rt.device.type == "cuda" or None)
     scaler = rt.grad_scaler()
     model.train()
     try:
