@@ -1,6 +1,7 @@
-"""The train-teacher task on 2 processes (torchrun, gloo), as on a GPU machine: kill -9 of one rank mid-epoch,
-Prefect's retry of the task resumes from the last step checkpoint and saves the very weights (same sha256) an
-uninterrupted 2-process run saves."""
+"""The ladder's tasks on 2 processes (torchrun, gloo), as on a GPU machine: kill -9 of one rank mid-epoch of the
+teacher, Prefect's retry of the task resumes from the last step checkpoint and saves the very weights (same sha256)
+an uninterrupted 2-process run saves; then the mid rung distilled on 2 processes, its teacher scores scored by both
+ranks, one shard of queries each, stored once and equal to one process's scores."""
 
 import os
 import signal
@@ -63,3 +64,27 @@ def test_kill_9_of_a_rank_then_the_tasks_retry_resumes_and_ends_with_the_uninter
     assert not ladder.steps_dir(out).exists()
     logs = "\n".join(p.read_text(errors="replace") for p in (paths.home / "jobs").rglob("*.log"))
     assert "HELD rank 1" in logs and "resumed from step-00000004.pt" in logs     # killed, then resumed: not redone
+
+    from models.ranker import load_ranker, score_pairs
+
+    monkeypatch.delenv("FLYWHEEL_TEST_HOLD_AT_STEP")          # the mid rung runs through
+
+    mid_rung = cfg.ladder.rungs[1].model_copy(update={"strategy": "ddp", "launch": teacher.launch})
+    cfg2 = cfg.model_copy(update={"ladder": cfg.ladder.model_copy(update={
+        "rungs": [teacher, mid_rung, cfg.ladder.rungs[2]]})})
+
+    @flow(name="mid-on-two-processes")
+    def distil_mid():
+        return train.distil.with_options(refresh_cache=True)("mid", again, cal["judge_version"], cfg2)
+
+    mid = distil_mid()
+    assert mid["parent"] == again["model_version"] and mid["train_pairs"] > 0
+    stored = open_lake(paths).read("teacher_scores")
+    stored = stored[stored.model_version == again["model_version"]]
+    assert not stored.duplicated(["query_id", "doc_hash"]).any()            # each pair scored and stored once
+    assert not list((paths.models / "score-parts").rglob("*.parquet"))         # the ranks' parts merged, then gone
+    pairs = ladder.distillation_pairs(again, cal["judge_version"], 0, cfg2, paths)   # read back from the lake
+    m, tok, c = load_ranker(again["path"])
+    sample = pairs.sample(min(60, len(pairs)), random_state=0)
+    one = score_pairs(m, tok, c, sample["query"].tolist(), sample.title.tolist(), sample.text.tolist())
+    assert sample.teacher_score.tolist() == pytest.approx(one, abs=1e-5)
