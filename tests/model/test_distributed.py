@@ -93,17 +93,13 @@ def test_ddp_on_two_processes_equals_one_process_with_the_same_global_batch(base
     assert _max_diff(w1, start) > 1e-3                                      # and training did move the weights
 
 
-def test_fsdp_on_two_processes_matches_one_process(base, single):
-    res, w = _run(base, "fsdp", strategy="fsdp")
-    assert res["strategy"] == "fsdp" and res["world"] == 2
-    assert _max_diff(single[1], w) <= 1e-6
-
-
 def test_fsdp_validates_every_two_steps_and_keeps_the_best_state_like_one_process(base):
-    """Validation under FSDP: every rank runs the sharded model forward on the held-out pairs, rank 0's figure
-    decides, and the state kept is the one one process keeps."""
+    """FSDP2 on 2 processes with validation every 2 steps: every rank runs the sharded model forward on the
+    held-out pairs, rank 0's figure decides; the same history, best step and weights (1e-6: FSDP's reduce-scatter
+    sums gradients in another order) as one process accumulating 2 micro-batches."""
     one, w1 = _run(base, "val-single", LaunchSettings(), accum=2, validate=True)
     two, w2 = _run(base, "val-fsdp", strategy="fsdp", validate=True)
+    assert two["strategy"] == "fsdp" and two["world"] == 2
     steps = [0, 2, 4, 5, 6, 8, 10]                      # every 2 steps and at each epoch's end (5 steps an epoch)
     assert [s for s, _ in two["history"]] == [s for s, _ in one["history"]] == steps
     assert [v for _, v in two["history"]] == pytest.approx([v for _, v in one["history"]], abs=1e-5)
