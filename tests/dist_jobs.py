@@ -10,20 +10,34 @@ WORDS = ("crime budget school permit water transit housing health parks election
          "police energy museum tax zoning census").split()
 
 
-def toy_pairs(n_queries: int = 10, seed: int = 0) -> pd.DataFrame:
-    """Query = one topic word; a relevant document mentions it, an irrelevant one only other topics."""
+def toy_pairs(n_queries: int = 10, seed: int = 0, docs: int = 4) -> pd.DataFrame:
+    """Query = one topic word; ``docs`` documents each, the first two relevant (they mention it), the others
+    about other topics only."""
     rng = np.random.default_rng(seed)
     rows = []
     for qi in range(n_queries):
         w = WORDS[qi % len(WORDS)]
         others = [x for x in WORDS if x != w]
-        for d in range(4):
+        for d in range(docs):
             body = list(rng.choice(others, size=5))
             if d < 2:
                 body.insert(int(rng.integers(0, 5)), w)
             rows.append({"query_id": f"q{qi}", "query": w, "doc_id": f"q{qi}-d{d}", "title": " ".join(body[:2]),
                          "text": " ".join(body[2:]), "target": 1.0 if d < 2 else 0.0})
     return pd.DataFrame(rows)
+
+
+def save_tiny_base(path):
+    """A tiny Qwen3 ranker (BPE tokenizer trained on the toy words) saved at ``path``: the distributed and LoRA
+    tests' starting point."""
+    from models.decoder import DecoderRanker, build_tiny_qwen3, decoder_contract, train_bpe_tokenizer
+    from models.ranker import save_ranker
+
+    p = toy_pairs()
+    tok = train_bpe_tokenizer((p.title + " " + p.text).tolist() + WORDS * 10, vocab_size=600)
+    c = decoder_contract(tok, max_length=32)
+    return save_ranker(DecoderRanker(build_tiny_qwen3(tok, "qwen3-tiny", seed=0), c.yes_token_id, c.no_token_id),
+                       tok, c, path)
 
 
 def train_toy(base: str, out: str, strategy: str = "ddp", precision: str = "fp32", micro: int | None = None,

@@ -54,6 +54,12 @@ def job_dir(target: str, kwargs: dict, cfg: FlywheelConfig, paths: Paths) -> Pat
     return paths.home / "jobs" / f"{target.rsplit(':', 1)[-1]}-{key}"
 
 
+def _job_env(home) -> dict:
+    """The ranks' environment: this one, with the repository importable and the job's flywheel home."""
+    return os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
+                         "FLYWHEEL_HOME": str(home), "PYTHONUNBUFFERED": "1"}
+
+
 def torchrun_command(launch: LaunchSettings, job: Path, rdzv_id: str) -> list[str]:
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={launch.nproc_per_node}",
            f"--nnodes={launch.nnodes}", "--max-restarts=0", "--tee=3", f"--log-dir={job / 'logs'}"]
@@ -84,8 +90,7 @@ def run(target: str, kwargs: dict, launch: LaunchSettings, cfg: FlywheelConfig, 
     if launch.nnodes > 1:
         log(f"waiting for {launch.nnodes - 1} more node(s) at {launch.rdzv_endpoint}: on each, with FLYWHEEL_HOME "
             f"on the same shared storage, run `flywheel join` (or: {' '.join(cmd)})")
-    env = os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
-                        "FLYWHEEL_HOME": str(paths.home), "PYTHONUNBUFFERED": "1"}
+    env = _job_env(paths.home)
     # its own process group: stopping the job (timeout, a cancelled flow run) stops torchrun and every rank it
     # started, so no orphaned rank keeps its GPU when the task is retried
     proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -148,9 +153,7 @@ def join(job: Path, log: Callable[[str], None] = print) -> int:
     launch = LaunchSettings.model_validate(spec["launch"])
     cmd = torchrun_command(launch, job, spec["rdzv_id"])
     log(f"joining {job.name}: {' '.join(cmd)}")
-    env = os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
-                        "FLYWHEEL_HOME": spec["home"], "PYTHONUNBUFFERED": "1"}
-    return subprocess.run(cmd, cwd=REPO_ROOT, env=env).returncode
+    return subprocess.run(cmd, cwd=REPO_ROOT, env=_job_env(spec["home"])).returncode
 
 
 def _failure(job: Path, rc: int, tail: list[str]) -> RankFailed:

@@ -18,14 +18,6 @@ DATE = "2026-01-05"
 
 
 @pytest.fixture(scope="module")
-def prefect_server():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=180):
-        yield
-
-
-@pytest.fixture(scope="module")
 def cfg():
     """One configuration for the module: the serving port is part of every task's cache key, so the tests after
     the first find its stages cached, as a daily run would (the service is stopped after each run)."""

@@ -17,14 +17,6 @@ pytestmark = pytest.mark.slow
 DATE = "2026-07-01"
 
 
-@pytest.fixture(scope="module")
-def prefect_server():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=180):
-        yield
-
-
 def test_kill_9_of_a_rank_then_the_tasks_retry_resumes_and_ends_with_the_uninterrupted_weights(prefect_server,
                                                                                                 monkeypatch):
     from prefect import flow

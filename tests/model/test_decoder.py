@@ -16,26 +16,10 @@ from models.decoder import (
 )
 from models.prune import block_influence, prune_layers
 from models.ranker import load_ranker, save_ranker, score_pairs
-
-WORDS = ("crime budget school permit water transit housing health parks election salary traffic library fire "
-         "police energy museum tax zoning census").split()
-
+from tests.dist_jobs import WORDS, toy_pairs
 
 def _toy(n_queries: int, seed: int) -> pd.DataFrame:
-    """Query = one topic word; a relevant document mentions it, an irrelevant one only other topics."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for qi in range(n_queries):
-        w = WORDS[qi % len(WORDS)]
-        others = [x for x in WORDS if x != w]
-        for d in range(6):
-            rel = d < 2
-            body = list(rng.choice(others, size=5))
-            if rel:
-                body.insert(int(rng.integers(0, 5)), w)
-            rows.append({"query_id": f"q{qi}", "query": w, "doc_id": f"q{qi}-d{d}", "title": " ".join(body[:2]),
-                         "text": " ".join(body[2:]), "target": 1.0 if rel else 0.0})
-    return pd.DataFrame(rows)
+    return toy_pairs(n_queries, seed, docs=6)
 
 
 @pytest.fixture(scope="module")

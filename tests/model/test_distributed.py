@@ -22,6 +22,7 @@ from flywheel.config import FlywheelConfig, LaunchSettings
 from flywheel.training import launch
 from models.data import micro_batches
 from models.train import accumulation_steps
+from tests.dist_jobs import save_tiny_base
 
 TWO = LaunchSettings(nproc_per_node=2)
 
@@ -29,16 +30,8 @@ TWO = LaunchSettings(nproc_per_node=2)
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     """A tiny Qwen3 ranker saved as the jobs' starting point."""
-    from models.decoder import DecoderRanker, build_tiny_qwen3, decoder_contract, train_bpe_tokenizer
-    from models.ranker import save_ranker
-    from tests.dist_jobs import WORDS, toy_pairs
-
-    p = toy_pairs()
-    tok = train_bpe_tokenizer((p.title + " " + p.text).tolist() + WORDS * 10, vocab_size=600)
-    c = decoder_contract(tok, max_length=32)
     d = tmp_path_factory.mktemp("dist")
-    save_ranker(DecoderRanker(build_tiny_qwen3(tok, "qwen3-tiny", seed=0), c.yes_token_id, c.no_token_id), tok, c,
-                d / "base")
+    save_tiny_base(d / "base")
     return d
 
 

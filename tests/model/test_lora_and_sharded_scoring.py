@@ -12,19 +12,12 @@ import pytest
 from models.lora import apply_lora, has_lora, merge_lora, trainable_params
 from models.ranker import load_ranker, save_ranker, score_pairs
 from models.train import TrainConfig, train_ranker
-from tests.dist_jobs import WORDS, toy_pairs
+from tests.dist_jobs import save_tiny_base, toy_pairs
 
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
-    from models.decoder import DecoderRanker, build_tiny_qwen3, decoder_contract, train_bpe_tokenizer
-
-    p = toy_pairs()
-    tok = train_bpe_tokenizer((p.title + " " + p.text).tolist() + WORDS * 10, vocab_size=600)
-    c = decoder_contract(tok, max_length=32)
-    d = tmp_path_factory.mktemp("lora")
-    return save_ranker(DecoderRanker(build_tiny_qwen3(tok, "qwen3-tiny", seed=0), c.yes_token_id, c.no_token_id),
-                       tok, c, d / "base")
+    return save_tiny_base(tmp_path_factory.mktemp("lora") / "base")
 
 
 def _score(model, tok, c, pairs):
