@@ -74,7 +74,7 @@ def test_kill_9_of_a_rank_then_the_tasks_retry_resumes_and_ends_with_the_uninter
     stored = open_lake(paths).read("teacher_scores")
     stored = stored[stored.model_version == again["model_version"]]
     assert not stored.duplicated(["query_id", "doc_hash"]).any()            # each pair scored and stored once
-    assert not list((paths.models / "score-parts").rglob("*.parquet"))         # the ranks' parts merged, then gone
+    assert not list((paths.models / "score-parts" / again["model_version"]).glob("*.parquet"))  # merged, then gone
     pairs = ladder.distillation_pairs(again, cal["judge_version"], 0, cfg2, paths)   # read back from the lake
     m, tok, c = load_ranker(again["path"])
     sample = pairs.sample(min(60, len(pairs)), random_state=0)

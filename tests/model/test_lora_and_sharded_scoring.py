@@ -104,3 +104,4 @@ def test_sharded_teacher_scores_equal_one_process_and_a_rerun_scores_only_the_mi
         m = one.merge(got, on=key, suffixes=("_one", "_two"))
         assert len(m) == len(pairs) == len(got)
         assert m.score_one.to_numpy() == pytest.approx(m.score_two.to_numpy(), abs=1e-5)
+    scoring.remove_parts(parent, paths)                  # as stored_scores does once the lake has the scores
