@@ -243,12 +243,13 @@ def golden_avature(source: Path = typer.Argument(REPO_ROOT.parent / "shared" / "
     typer.echo(json.dumps(to_beir(source, out, negatives), indent=2))
 
 
-@app.command()
-def serve(port: int = 8765, model: str = "flywheel-ranker", alias: str = "champion"):
-    """Serve models:/<model>@<alias> over HTTP (POST /score, POST /reload, GET /health)."""
-    from flywheel.serving.service import main
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []})
+def serve(ctx: typer.Context):
+    """Serve models:/<model>@<alias> over HTTP (POST /score, /v1/rerank, /reload; GET /health, /ready, /metrics).
+    Run `flywheel serve --help` for the options (port, device, dtype, batching, several GPUs)."""
+    from flywheel.serving.launch import main
 
-    main(["--port", str(port), "--model", model, "--alias", alias])
+    raise typer.Exit(main(ctx.args))
 
 
 @app.command()

@@ -260,6 +260,24 @@ class PromotionConfig(BaseModel):
     min_gain_over_baseline: float = Field(0.0, ge=-1, le=1)
 
 
+class ServingConfig(BaseModel):
+    """The scoring service (flywheel.serving): where it runs, how it batches, what it refuses."""
+    model_config = ConfigDict(extra="forbid")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")   # auto: the GPU when there is one
+    # auto: bfloat16 on a GPU, the checkpoint's own scoring dtype on a CPU; otherwise cast to this dtype
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    max_batch_items: int = Field(256, ge=0)           # pairs scored together across requests; 0 = batching off
+    max_wait_ms: float = Field(5.0, ge=0, le=1000)    # how long the first request of a batch waits for company
+    forward_batch: int = Field(64, ge=1)              # pairs per forward pass inside a batch (length-bucketed)
+    max_queue_items: int = Field(8192, ge=1)          # pairs waiting; beyond it 503 with Retry-After
+    max_body_bytes: int = Field(4 << 20, ge=1024)     # request body; beyond it 413
+    max_documents: int = Field(1000, ge=1)            # documents per request; beyond it 422
+    max_field_chars: int = Field(20_000, ge=1)        # characters of a title, a text or the query; beyond it 422
+    timeout_s: float = Field(10.0, gt=0)              # a request's deadline in the service; beyond it 504
+    poll_s: float = Field(30.0, ge=0)                 # how often the alias is checked for a new version; 0 = never
+    drain_s: float = Field(30.0, ge=0)                # graceful shutdown: how long in-flight requests may finish
+
+
 class FlywheelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = "demo"
@@ -279,6 +297,7 @@ class FlywheelConfig(BaseModel):
     evaluation: EvaluationConfig = EvaluationConfig()
     registered_model: str = "flywheel-ranker"
     serve_port: int = Field(8765, ge=1024, le=65535)
+    serving: ServingConfig = ServingConfig()
     seed: int = 0
 
     def resolve(self, rel: str) -> Path:

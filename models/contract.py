@@ -55,6 +55,12 @@ class ScoringContract:
         return cls(**data)
 
 
+# How far one pair's score may move with what it is batched with (padding width, length buckets, the order of
+# float reductions in a wider matrix product), by scoring dtype: the service's promise that a request scores the
+# same alone and inside a busy batch, and the deploy smoke test's tolerance for served versus offline scores.
+SCORE_TOLERANCE = {"float32": 1e-4, "float16": 2e-2, "bfloat16": 1e-1, "int8": 1e-1}   # int8: activations quantized per batch
+
+
 def check_layers(layers: list[int], n_layers: int) -> None:
     """Layer indices a ``layers`` setting may name: a non-empty subset of ``0 .. n_layers - 1``."""
     if not layers or max(layers) >= n_layers or min(layers) < 0:

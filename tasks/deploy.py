@@ -5,7 +5,7 @@ from prefect import task
 from flywheel.config import FlywheelConfig
 from flywheel.data.golden import load_golden
 from flywheel.evaluation import report as report_lib
-from flywheel.serving import service as lib
+from flywheel.serving import deploy as lib
 from tasks._common import artifact, paths
 
 
@@ -15,7 +15,8 @@ def deploy(promotion: dict, rungs: dict, registered: dict, cfg: FlywheelConfig, 
     test = load_golden(cfg.resolve(cfg.golden)).pairs("test")
     sample = test[test.query_id.isin(sorted(test.query_id.unique())[:8])]
     return lib.deploy_champion(cfg.registered_model, promotion["champion"], registered[deployable]["version"],
-                               rungs[deployable]["path"], sample, cfg.serve_port, paths(), keep_running)
+                               rungs[deployable]["path"], sample, cfg.serve_port, paths(), keep_running,
+                               cfg.serving)
 
 
 @task(name="write-report", retries=1, retry_delay_seconds=1)

@@ -55,3 +55,16 @@ def use_fake_clock(monkeypatch, clock: FakeClock) -> FakeClock:
     monkeypatch.setattr(online, "time", clock)
     monkeypatch.setattr(online, "asyncio", clock)
     return clock
+
+
+def wait_ready(client, timeout: float = 120.0) -> dict:
+    """Poll a scoring service's /ready (a TestClient or anything with ``get``) until a model is loaded and warm."""
+    import time
+
+    deadline = time.time() + timeout
+    while True:
+        r = client.get("/ready")
+        if r.status_code == 200:
+            return r.json()
+        assert time.time() < deadline, f"service not ready after {timeout}s: {r.text}"
+        time.sleep(0.1)

@@ -1,178 +1,248 @@
-"""Flow stage 10: the scoring service. A FastAPI app that loads ``models:/<name>@champion`` and scores
-(query, documents[]) → scores[] in one forward pass per batch (no generation), plus the deploy step that starts
-or hot-reloads it and smoke-tests that it reproduces the offline scores.
+"""Flow stage 10: the scoring service. A FastAPI app that serves ``models:/<name>@<alias>`` on the configured device
+and dtype: requests are batched across clients (flywheel.serving.batcher), limited (flywheel.serving.api),
+measured (``/metrics``), and the model follows its registry alias without downtime.
 
-Run it: ``flywheel serve`` (or ``python -m flywheel.serving.service --port 8765``).
+Endpoints: ``POST /score`` and ``POST /v1/rerank`` (= ``/v2/rerank``, Cohere's newer path) (scoring; bearer token when ``FLYWHEEL_SCORER_TOKEN`` is
+set), ``POST /reload`` (check the alias now), ``GET /health`` (liveness), ``GET /ready`` (a model is loaded and
+warmed up, and the service is not draining), ``GET /metrics`` (Prometheus).
+
+Model updates: a poller (every ``serving.poll_s``) and ``/reload`` read the alias; a new version is loaded and
+warmed up beside the old one, then swapped in one assignment — batches in flight finish on the old model, the
+next batch uses the new one, no request waits or fails for it. ``flywheel rollback`` moves the alias and so
+reaches every service the same way.
+
+Run it: ``flywheel serve`` (see ``--help``; several GPUs: ``--devices cuda:0,cuda:1``, flywheel.serving.launch).
 """
 
-from __future__ import annotations
-
-import argparse
-import json
+import asyncio
+import hmac
+import logging
 import os
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
+import uuid
+from contextlib import asynccontextmanager
 
-import pandas as pd
-from pydantic import BaseModel, Field
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
 
-from flywheel.settings import REPO_ROOT, Paths, configure_environment
+from flywheel.serving import api
+from flywheel.serving.batcher import Batcher, Draining, Job, NoModel, QueueFull
+from flywheel.serving.metrics import ServiceMetrics
+from flywheel.serving.scorer import alias_target, load_served
 
-
-class Doc(BaseModel):
-    title: str
-    text: str = ""
-
-
-class ScoreRequest(BaseModel):
-    query: str = Field(min_length=1)
-    documents: list[Doc] = Field(min_length=1, max_length=1000)
+log = logging.getLogger("flywheel.serving")
+TOKEN_ENV = "FLYWHEEL_SCORER_TOKEN"
+ROUTES = ("/score", "/v1/rerank", "/v2/rerank", "/reload", "/health", "/ready", "/metrics")
 
 
-def create_app(model_name: str, alias: str = "champion"):
-    from fastapi import FastAPI, HTTPException
+class ModelHolder:
+    """The served model and how it follows the alias. ``current`` is replaced, never mutated."""
 
-    app = FastAPI(title="flywheel scoring service")
-    state: dict = {}
-    lock = threading.Lock()
+    def __init__(self, name: str, alias: str, settings, metrics: ServiceMetrics):
+        self.name, self.alias, self.settings, self.metrics = name, alias, settings, metrics
+        self.current = None
+        self.error = None
+        self._lock = threading.Lock()          # one load at a time (poller and /reload)
+        self._stop = threading.Event()
 
-    def load():
-        import mlflow
-        import mlflow.pyfunc
-        from mlflow import MlflowClient
+    def refresh(self) -> dict:
+        """Load the alias's version if it is not the one served; returns what is served and whether it changed."""
+        with self._lock:
+            try:
+                version, model_version = alias_target(self.name, self.alias)
+                if self.current is not None and self.current.version == version:
+                    self.metrics.reloads.labels("unchanged").inc()
+                    return {"version": version, "changed": False}
+                served = load_served(self.name, version, self.settings, model_version)
+            except Exception as exc:
+                self.error = f"{type(exc).__name__}: {exc}"
+                self.metrics.reloads.labels("failed").inc()
+                log.error("loading %s@%s failed (still serving %s): %s", self.name, self.alias,
+                          self.current.version if self.current else "nothing", self.error)
+                raise
+            self.current, self.error = served, None          # the swap: one reference assignment
+            self.metrics.set_model(served.describe())
+            self.metrics.reloads.labels("loaded").inc()
+            self.metrics.ready.set(1)
+            log.info("now serving %s v%s", self.name, version)
+            return {"version": version, "changed": True}
 
-        mv = MlflowClient().get_model_version_by_alias(model_name, alias)
-        model = mlflow.pyfunc.load_model(f"models:/{model_name}@{alias}")
-        with lock:
-            state.update(model=model, version=mv.version, model_version=mv.tags.get("model_version"))
-        return mv.version
+    def poll_forever(self) -> None:
+        """Load at start (retrying every few seconds until it works), then follow the alias every ``poll_s``."""
+        while not self._stop.is_set():
+            try:
+                self.refresh()
+            except Exception:
+                pass                               # logged in refresh; the old model keeps serving
+            wait = self.settings.poll_s if self.current is not None else min(5.0, self.settings.poll_s or 5.0)
+            if self.current is not None and self.settings.poll_s == 0:
+                return
+            self._stop.wait(wait)
 
-    @app.on_event("startup")
-    def _startup():
-        load()
+    def stop(self) -> None:
+        self._stop.set()
 
-    @app.get("/health")
-    def health():
-        return {"status": "ok", "model": model_name, "alias": alias, "version": state.get("version"),
-                "model_version": state.get("model_version")}
+
+class Observe:
+    """ASGI middleware: latency by endpoint, answers by endpoint and status, errors by status. The route
+    template is the label (unknown paths are ``other``), so metrics never carry request content."""
+
+    def __init__(self, app, metrics: ServiceMetrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        endpoint = scope["path"] if scope["path"] in ROUTES else "other"
+        status = {"code": 500}
+
+        async def _send(message):
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        t0 = time.perf_counter()
+        try:
+            await self.app(scope, receive, _send)
+        finally:
+            code = str(status["code"])
+            self.metrics.latency.labels(endpoint).observe(time.perf_counter() - t0)
+            self.metrics.requests.labels(endpoint, code).inc()
+            if status["code"] >= 400:
+                self.metrics.errors.labels(code).inc()
+
+
+def create_app(model_name: str, alias: str = "champion", settings=None, token: str | None = None):
+    """The app; ``settings`` is a :class:`flywheel.config.ServingConfig` (defaults when None); ``token`` the bearer
+    token clients must send (default: ``$FLYWHEEL_SCORER_TOKEN``; none means no authentication)."""
+    from flywheel.config import ServingConfig
+
+    settings = settings or ServingConfig()
+    token = token if token is not None else os.environ.get(TOKEN_ENV) or None
+    metrics = ServiceMetrics()
+    holder = ModelHolder(model_name, alias, settings, metrics)
+    batcher = Batcher(lambda: holder.current, settings.max_batch_items, settings.max_wait_ms,
+                      settings.max_queue_items, metrics)
+    state = {"draining": False}
+
+    @asynccontextmanager
+    async def lifespan(_app):
+        metrics.ready.set(0)
+        batcher.start()
+        poller = threading.Thread(target=holder.poll_forever, name="flywheel-model-poller", daemon=True)
+        poller.start()
+        yield
+        state["draining"] = True                 # uvicorn has stopped accepting and let in-flight requests finish
+        metrics.ready.set(0)
+        holder.stop()
+        await asyncio.to_thread(batcher.stop, settings.drain_s)
+
+    app = FastAPI(title="flywheel scoring service", lifespan=lifespan,
+                  description="Scores (query, documents) with the flywheel's registered ranker. See README, "
+                              "'Serving in production'.")
+    app.add_middleware(Observe, metrics=metrics)
+    app.state.holder, app.state.batcher, app.state.metrics = holder, batcher, metrics
+
+    def error(status: int, message: str, headers: dict | None = None):
+        return JSONResponse({"detail": message}, status_code=status, headers=headers)
+
+    def unauthorised(request: Request):
+        if token is None:
+            return None
+        sent = request.headers.get("authorization", "")
+        scheme, _, value = sent.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token.encode()):
+            return error(401, "missing or wrong bearer token (Authorization: Bearer …)",
+                         {"WWW-Authenticate": "Bearer"})
+        return None
+
+    async def run_job(queries, titles, texts, count_tokens=False):
+        loop = asyncio.get_running_loop()
+        job = Job(queries, titles, texts, time.monotonic() + settings.timeout_s, loop.create_future(), loop,
+                  count_tokens)
+        batcher.submit(job)
+        try:
+            return await asyncio.wait_for(asyncio.shield(job.future), settings.timeout_s)
+        except (asyncio.TimeoutError, TimeoutError):
+            job.cancelled = True
+            raise TimeoutError(f"not scored within the service's deadline of {settings.timeout_s}s "
+                               "(serving.timeout_s)") from None
+
+    async def scored(request: Request, kind: str):
+        if (denied := unauthorised(request)) is not None:
+            return denied
+        if state["draining"]:
+            return error(503, "the service is shutting down", {"Retry-After": "1"})
+        try:
+            data = await api.read_json(request.stream, request.headers.get("content-length"),
+                                       settings.max_body_bytes)
+            if kind == "score":
+                req = api.parse(api.ScoreRequest, data)
+                titles, texts = api.score_inputs(req)
+            else:
+                req = api.parse(api.RerankRequest, data)
+                titles, texts = api.rerank_inputs(req)
+            api.check_limits(req.query, titles, texts, settings)
+            scores, served, tokens = await run_job([req.query] * len(titles), titles, texts, kind == "rerank")
+        except api.RequestError as exc:
+            return error(exc.status, exc.message)
+        except QueueFull as exc:
+            return error(503, str(exc), {"Retry-After": str(exc.retry_after_s)})
+        except (Draining, NoModel) as exc:
+            return error(503, str(exc), {"Retry-After": "5"})
+        except TimeoutError as exc:
+            return error(504, str(exc))
+        except Exception as exc:
+            log.exception("scoring failed")
+            return error(500, f"scoring failed: {type(exc).__name__}")
+        if kind == "score":
+            return {"scores": scores, "version": served.version, "model": served.name,
+                    "model_version": served.model_version}
+        raw = data.get("documents") if data.get("documents") is not None else data.get("texts")
+        return api.rerank_response(req, raw, scores, served, tokens, f"rerank-{uuid.uuid4().hex}")
+
+    body_doc = {"requestBody": {"required": True, "content": {"application/json": {"schema": {}}}}}
+
+    @app.post("/score", openapi_extra=body_doc | {"summary": "Score documents for a query (scores in input order)"})
+    async def score(request: Request):
+        return await scored(request, "score")
+
+    @app.post("/v1/rerank", openapi_extra=body_doc | {"summary": "Rerank documents (vLLM / TEI / Cohere shape)"})
+    @app.post("/v2/rerank", openapi_extra=body_doc | {"summary": "The same, at Cohere's v2 path"})
+    async def rerank(request: Request):
+        return await scored(request, "rerank")
 
     @app.post("/reload")
-    def reload():
-        return {"version": load()}
+    async def reload(request: Request):
+        if (denied := unauthorised(request)) is not None:
+            return denied
+        try:
+            out = await asyncio.to_thread(holder.refresh)
+        except Exception as exc:
+            return error(502, f"could not load {model_name}@{alias} (still serving "
+                              f"{holder.current.version if holder.current else 'nothing'}): {exc}")
+        return out
 
-    @app.post("/score")
-    def score(req: ScoreRequest):
-        with lock:
-            model = state.get("model")
-        if model is None:
-            raise HTTPException(503, "no model loaded")
-        df = pd.DataFrame({"query": req.query, "title": [d.title for d in req.documents],
-                           "text": [d.text for d in req.documents]})
-        return {"scores": [float(s) for s in model.predict(df)], "version": state["version"]}
+    @app.get("/health")
+    async def health():
+        if not batcher.alive() and not state["draining"]:
+            return error(500, "the batching thread has stopped")
+        return {"status": "ok", "pid": os.getpid(), "model": model_name, "alias": alias,
+                "version": holder.current.version if holder.current else None,
+                "model_version": holder.current.model_version if holder.current else None}
+
+    @app.get("/ready")
+    async def ready():
+        if state["draining"]:
+            return error(503, "draining")
+        if holder.current is None:
+            return error(503, f"loading {model_name}@{alias}" + (f"; last error: {holder.error}" if holder.error
+                                                                 else ""))
+        return {"ready": True, **holder.current.describe(), "alias": alias}
+
+    @app.get("/metrics")
+    async def prometheus():
+        return Response(metrics.render(), media_type=metrics.content_type)
 
     return app
-
-
-def _get(url: str, data: dict | None = None, timeout: float = 60.0) -> dict:
-    req = urllib.request.Request(url, data=json.dumps(data).encode() if data is not None else None,
-                                 headers={"Content-Type": "application/json"}, method="POST" if data is not None else "GET")
-    with urllib.request.urlopen(req, timeout=timeout) as r:
-        return json.loads(r.read())
-
-
-def offline_scorer(checkpoint: str):
-    """Scores exactly as training and evaluation do: the checkpoint and its contract, loaded directly."""
-    from models.ranker import load_ranker, score_pairs
-
-    model, tok, contract = load_ranker(checkpoint)
-
-    def score(df: pd.DataFrame) -> list[float]:
-        from flywheel.retrieval.embeddings import document_inputs
-
-        titles, texts = df.title.tolist(), df.text.tolist()
-        return score_pairs(model, tok, contract, df["query"].tolist(), titles, texts,
-                           **document_inputs(contract, titles, texts))
-
-    return score
-
-
-def deploy_champion(model_name: str, champion_version: str | None, trained_version: str, trained_checkpoint: str,
-                    pairs: pd.DataFrame, port: int, paths: Paths, keep_running: bool = False) -> dict:
-    """Deploy ``models:/<name>@champion`` and check it against the offline scores of the same model: the
-    checkpoint as training saved it when the champion is today's model, else the registered copy."""
-    if champion_version is None:
-        return {"skipped": "no champion to deploy"}
-    if champion_version == trained_version:
-        offline = offline_scorer(trained_checkpoint)
-    else:
-        import mlflow.pyfunc
-
-        model = mlflow.pyfunc.load_model(f"models:/{model_name}/{champion_version}")
-        offline = lambda df: list(model.predict(df))  # noqa: E731
-    return deploy_and_smoke_test(model_name, offline, pairs, port, paths, keep_running)
-
-
-def deploy_and_smoke_test(model_name: str, offline, pairs: pd.DataFrame, port: int, paths: Paths,
-                          keep_running: bool = False, tolerance: float = 1e-4) -> dict:
-    """Start (or hot-reload) the service on ``port``, score ``pairs`` through HTTP, one request per query, and
-    compare with ``offline(pairs)``. Raises if any score differs by more than ``tolerance``."""
-
-    base = f"http://127.0.0.1:{port}"
-    proc = None
-    try:
-        _get(f"{base}/reload", {})
-        started = "reloaded"
-    except OSError:
-        log = open(paths.home / "serving.log", "a")
-        proc = subprocess.Popen([sys.executable, "-m", "flywheel.serving.service", "--port", str(port), "--model", model_name],
-                                cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
-        started = "started"
-        deadline = time.time() + 120
-        while True:
-            try:
-                _get(f"{base}/health", timeout=2)
-                break
-            except OSError:
-                if proc.poll() is not None or time.time() > deadline:
-                    raise RuntimeError(f"scoring service did not come up; see {paths.home / 'serving.log'}")
-                time.sleep(0.5)
-    try:
-        health = _get(f"{base}/health")
-        max_diff, n = 0.0, 0
-        for qid, g in pairs.groupby("query_id"):
-            served = _get(f"{base}/score", {"query": g["query"].iloc[0], "documents": [
-                {"title": t, "text": x} for t, x in zip(g.title, g.text)]})["scores"]
-            max_diff = max(max_diff, max(abs(a - b) for a, b in zip(served, offline(g))))
-            n += len(g)
-        if max_diff > tolerance:
-            raise RuntimeError(f"served scores differ from offline scores by {max_diff:.2e} > {tolerance}")
-        return {"service": base, "action": started, "served_version": health["version"],
-                "model_version": health["model_version"], "pairs_checked": n, "max_abs_diff": max_diff,
-                "running": keep_running or proc is None}
-    finally:
-        if proc is not None and not keep_running:
-            proc.terminate()
-            proc.wait(timeout=30)
-
-
-def main(argv=None):
-    ap = argparse.ArgumentParser(description="Serve models:/<model>@<alias> for scoring over HTTP.")
-    ap.add_argument("--port", type=int, default=8765)
-    ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--model", default="flywheel-ranker")
-    ap.add_argument("--alias", default="champion")
-    a = ap.parse_args(argv)
-    paths = configure_environment()
-    from flywheel.serving.registry import setup_mlflow
-
-    setup_mlflow(paths)
-    import uvicorn
-
-    uvicorn.run(create_app(a.model, a.alias), host=a.host, port=a.port, log_level="warning")
-
-
-if __name__ == "__main__":
-    main()

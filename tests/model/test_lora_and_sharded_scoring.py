@@ -13,6 +13,7 @@ from models.lora import apply_lora, has_lora, merge_lora, trainable_params
 from models.ranker import load_ranker, save_ranker, score_pairs
 from models.train import TrainConfig, train_ranker
 from tests.dist_jobs import save_tiny_base, toy_pairs
+from tests.helpers import wait_ready
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +63,7 @@ def test_lora_rung_trains_adapters_only_merges_into_a_plain_checkpoint_that_scor
                     "params_non_embedding": 1}, {"ndcg@10": 0.9}, {}, paths, name)["version"]
     set_alias(name, "champion", v, paths)
     with TestClient(create_app(name)) as client:
+        wait_ready(client)
         for q, g in pairs.groupby("query", sort=False):
             r = client.post("/score", json={"query": q, "documents": g[["title", "text"]].to_dict("records")})
             want = [adapted[i] for i in g.index]

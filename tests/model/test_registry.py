@@ -2,9 +2,10 @@
 
 import pytest
 
-from flywheel.config import PromotionConfig
+from flywheel.config import PromotionConfig, ServingConfig
 from flywheel.serving.registry import alias_version, log_ranker, promote_challenger, rollback
 from flywheel.settings import get_paths
+from tests.helpers import wait_ready
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +159,8 @@ def test_service_hot_reloads_the_alias_and_the_rollback_command_moves_it_back(ru
     v1 = log_ranker(rung, {"ndcg@10": 0.80}, {}, paths, name)["version"]
     promote_challenger(name, v1, 0.80, 0.80, cfg, paths)
     body = {"query": "crime", "documents": [{"title": "Crime incidents", "text": "by area"}, {"title": "Parks"}]}
-    with TestClient(create_app(name)) as client:
+    with TestClient(create_app(name, settings=ServingConfig(poll_s=0))) as client:
+        wait_ready(client)
         first = client.post("/score", json=body).json()
         version = lambda r: str(r["version"])  # noqa: E731 (the registry's versions are numbers in JSON)
         assert version(first) == v1 and version(client.get("/health").json()) == v1

@@ -1,0 +1,127 @@
+"""Starting the scoring service: one process, or one process per device behind one port.
+
+``flywheel serve`` (or ``python -m flywheel.serving.launch``) runs uvicorn on the app of
+flywheel.serving.service. With ``--devices cuda:0,cuda:1,…`` this process binds the port once and starts one
+worker process per device, each seeing only its GPU (``CUDA_VISIBLE_DEVICES``) and accepting connections from the
+shared socket, so the kernel spreads connections over the GPUs; ``/metrics`` from any of them sums all of them
+(prometheus-client's multiprocess mode). A worker that dies is started again; SIGTERM is passed on to every
+worker, which stops accepting, finishes the requests it holds (``serving.drain_s``) and exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+
+def settings_from(args):
+    """ServingConfig from ``--config`` (its ``serving:`` section), then ``--settings`` JSON, then the flags."""
+    from flywheel.config import ServingConfig, load_config
+
+    base = load_config(args.config).serving if args.config else ServingConfig()
+    over = json.loads(args.settings) if args.settings else {}
+    for key in ("device", "dtype", "max_batch_items", "max_wait_ms"):
+        if getattr(args, key) is not None:
+            over[key] = getattr(args, key)
+    return ServingConfig.model_validate(base.model_dump() | over)
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="flywheel serve", description=(
+        "Serve models:/<model>@<alias> over HTTP: POST /score and /v1/rerank, POST /reload, GET /health, /ready, "
+        "/metrics. Settings come from the config's serving: section (see README, 'Serving in production'); the "
+        "flags override it. Set FLYWHEEL_SCORER_TOKEN to require 'Authorization: Bearer <token>'."))
+    ap.add_argument("--port", type=int, default=8765)
+    ap.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to accept connections from other machines")
+    ap.add_argument("--model", default="flywheel-ranker", help="registered model name")
+    ap.add_argument("--alias", default="champion", help="registry alias to serve and follow")
+    ap.add_argument("--config", help="a flywheel config file; its serving: section is used")
+    ap.add_argument("--settings", help=argparse.SUPPRESS)          # JSON of ServingConfig fields (the deploy task)
+    ap.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    ap.add_argument("--dtype", help="auto | float32 | bfloat16 | float16")
+    ap.add_argument("--max-batch-items", type=int, help="pairs per batch across requests (0: batching off)")
+    ap.add_argument("--max-wait-ms", type=float, help="how long a batch waits to fill")
+    ap.add_argument("--devices", help="one worker process per device behind one port, e.g. cuda:0,cuda:1")
+    ap.add_argument("--fd", type=int, help=argparse.SUPPRESS)      # a worker: accept on this inherited socket
+    return ap
+
+
+def run_one(args, settings) -> None:
+    import uvicorn
+
+    from flywheel.serving.registry import setup_mlflow
+    from flywheel.serving.service import create_app
+    from flywheel.settings import configure_environment
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_mlflow(configure_environment())
+    app = create_app(args.model, args.alias, settings)
+    where = {"fd": args.fd} if args.fd is not None else {"host": args.host, "port": args.port}
+    uvicorn.run(app, log_level="warning", timeout_graceful_shutdown=int(settings.drain_s) or None, **where)
+
+
+def run_replicas(args, settings, devices: list[str]) -> int:
+    """Bind once, start a worker per device on the shared socket, keep them running until SIGTERM/SIGINT."""
+    sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((args.host, args.port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    metrics_dir = tempfile.mkdtemp(prefix="flywheel-serve-metrics-")
+    stopping = False
+
+    def start(device: str) -> subprocess.Popen:
+        env = os.environ | {"PROMETHEUS_MULTIPROC_DIR": metrics_dir}
+        if device.startswith("cuda:"):
+            env["CUDA_VISIBLE_DEVICES"], device = device.split(":", 1)[1], "cuda"
+        cmd = [sys.executable, "-m", "flywheel.serving.launch", "--fd", str(sock.fileno()), "--model", args.model,
+               "--alias", args.alias, "--settings", json.dumps(settings.model_dump() | {"device": device})]
+        return subprocess.Popen(cmd, pass_fds=[sock.fileno()], env=env)
+
+    def on_signal(signum, _frame):
+        nonlocal stopping
+        stopping = True
+        for p in procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+
+    procs = {d: start(d) for d in devices}
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    print(f"serving {args.model}@{args.alias} on {args.host}:{args.port} with {len(devices)} workers: "
+          + ", ".join(f"{d} (pid {p.pid})" for d, p in procs.items()), flush=True)
+    while True:
+        time.sleep(0.5)
+        for d, p in list(procs.items()):
+            if p.poll() is not None and not stopping:
+                print(f"worker on {d} (pid {p.pid}) exited with {p.returncode}; starting it again", flush=True)
+                procs[d] = start(d)
+        if stopping:
+            deadline = time.time() + settings.drain_s + 10
+            for p in procs.values():
+                try:
+                    p.wait(max(0.1, deadline - time.time()))
+                except subprocess.TimeoutExpired:
+                    p.kill()
+            return 0
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    settings = settings_from(args)
+    if args.devices and args.fd is None:
+        return run_replicas(args, settings, [d.strip() for d in args.devices.split(",") if d.strip()])
+    run_one(args, settings)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
