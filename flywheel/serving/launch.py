@@ -64,6 +64,8 @@ def run_one(args, settings) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     setup_mlflow(configure_environment())
     app = create_app(args.model, args.alias, settings)
+    # uvicorn drains on SIGTERM, restores the handler it found and raises the signal again: exit 0 after a drain
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     where = {"fd": args.fd} if args.fd is not None else {"host": args.host, "port": args.port}
     uvicorn.run(app, log_level="warning", timeout_graceful_shutdown=int(settings.drain_s) or None, **where)
 
@@ -115,8 +117,15 @@ def run_replicas(args, settings, devices: list[str]) -> int:
 
 
 def main(argv=None) -> int:
+    from pydantic import ValidationError
+
     args = parser().parse_args(argv)
-    settings = settings_from(args)
+    try:
+        settings = settings_from(args)
+    except ValidationError as exc:
+        msgs = [f"serving.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
+        print("flywheel serve: invalid settings:\n  " + "\n  ".join(msgs), file=sys.stderr)
+        return 2
     if args.devices and args.fd is None:
         return run_replicas(args, settings, [d.strip() for d in args.devices.split(",") if d.strip()])
     run_one(args, settings)

@@ -1,0 +1,134 @@
+"""The scoring service as real processes (``python -m flywheel.serving.launch``, uvicorn, loopback): SIGTERM
+lets in-flight requests finish before the process exits; ``--devices cpu,cpu`` runs two workers behind one port
+whose /metrics sum both; the README's curl lines work as written. Every server is stopped by process id."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from flywheel.serving.registry import log_ranker, set_alias
+from flywheel.settings import REPO_ROOT, get_paths
+from tests.openai_stub import free_port
+
+NAME = "proc-encoder"
+
+
+@pytest.fixture(scope="module")
+def registered(tmp_path_factory):
+    from models.cross_encoder import build_cross_encoder
+    from models.ranker import ScoringContract, save_ranker
+
+    model, tok = build_cross_encoder([0])
+    path = save_ranker(model, tok, ScoringContract(max_length=64), tmp_path_factory.mktemp("proc") / "enc")
+    paths = get_paths()
+    v = log_ranker({"rung": "student", "path": str(path), "model_version": "proc", "layers": 1,
+                    "params_non_embedding": 1}, {"ndcg@10": 0.9}, {}, paths, NAME)["version"]
+    set_alias(NAME, "champion", v, paths)
+    return v
+
+
+def get(url: str, body: dict | None = None, timeout: float = 30):
+    req = urllib.request.Request(url, data=json.dumps(body).encode() if body is not None else None,
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return r.status, json.loads(r.read()) if "json" in r.headers.get("content-type", "") else r.read().decode()
+
+
+@contextmanager
+def service(*args, tmp_path: Path):
+    port = free_port()
+    log = open(tmp_path / f"serve-{port}.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "flywheel.serving.launch", "--port", str(port), "--model", NAME,
+                             *args], cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy(),
+                            start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                if get(f"{base}/ready", timeout=2)[0] == 200:
+                    break
+            except (OSError, urllib.error.HTTPError):
+                pass
+            assert proc.poll() is None and time.time() < deadline, (tmp_path / f"serve-{port}.log").read_text()
+            time.sleep(0.3)
+        yield proc, base, port
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+        log.close()
+
+
+BODY = {"query": "crime", "documents": [{"title": "Crime incidents", "text": "by area"}, {"title": "Parks"}]}
+
+
+def test_sigterm_finishes_in_flight_requests_then_exits(registered, tmp_path):
+    # each request waits 1.5 s in the queue for company: SIGTERM arrives while all three are in flight
+    with service("--max-wait-ms", "1500", "--max-batch-items", "100000", tmp_path=tmp_path) as (proc, base, _):
+        answers = []
+        threads = [threading.Thread(target=lambda: answers.append(get(f"{base}/score", BODY))) for _ in range(3)]
+        for t in threads:
+            t.start()
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        for t in threads:
+            t.join(30)
+        assert proc.wait(30) == 0
+        assert [code for code, _ in answers] == [200, 200, 200]
+        assert all(len(a["scores"]) == 2 for _, a in answers)
+        with pytest.raises(OSError):
+            get(f"{base}/health", timeout=2)                 # gone: nothing listens any more
+
+
+def test_two_workers_share_one_port_and_their_metrics_add_up(registered, tmp_path):
+    with service("--devices", "cpu,cpu", tmp_path=tmp_path) as (proc, base, _):
+        pids, deadline = set(), time.time() + 60
+        while len(pids) < 2:                               # the second worker may still be warming up
+            assert time.time() < deadline, f"only worker(s) {pids} answered"
+            try:
+                code, h = get(f"{base}/health")
+                pids.add(h["pid"])
+            except (OSError, urllib.error.HTTPError):
+                pass
+        assert proc.pid not in pids
+        time.sleep(2)                                      # let both finish warming up before counting
+        for _ in range(20):
+            assert get(f"{base}/score", BODY)[0] == 200
+        text = get(f"{base}/metrics")[1]
+        scored = float(re.search(r"^flywheel_items_scored_total (\S+)$", text, re.M).group(1))
+        assert scored == 40                                # 20 requests × 2 documents, whichever worker took them
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+
+
+def test_the_readme_curl_lines_work_as_written(registered, tmp_path):
+    readme = (REPO_ROOT / "README.md").read_text()
+    section = readme[readme.index("## Serving in production"):]
+    section = section[:section.index("\n## ", 3)]
+    lines = [ln.strip() for ln in section.splitlines() if ln.strip().startswith("curl ") and "8765" in ln]
+    assert len(lines) >= 2
+    with service(tmp_path=tmp_path) as (_proc, _base, port):
+        for line in lines:
+            out = subprocess.run(["bash", "-c", line.replace("8765", str(port))], capture_output=True, text=True,
+                                 timeout=60)
+            assert out.returncode == 0, out.stderr
+            if "/metrics" in line:
+                assert "flywheel_items_scored_total" in out.stdout
+                continue
+            answer = json.loads(out.stdout)
+            assert "detail" not in answer, (line, answer)
+            assert answer.get("scores") or answer.get("results"), answer
