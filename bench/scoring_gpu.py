@@ -105,7 +105,10 @@ def main():
     doc_len, _ = input_lengths(tok, contract, [queries[0]] * 256, titles[:256], texts[:256])
     print(f"documents: {sum(doc_len) / len(doc_len):.1f} tokens on average after compression "
           f"(max {max(doc_len)}), budget {a.doc_tokens}", flush=True)
-    prepared = [dec.prepare_shared_prefix(tok, contract, q, titles, texts) for q in queries[:a.queries]]
+    prepared = []                                        # (prefix, document suffixes) of each query
+    for q in queries[:a.queries]:
+        prefixes, pairs = dec.prepare_shared_prefix(tok, contract, [q] * len(titles), titles, texts)
+        prepared.append((prefixes[0], [s for _, s in pairs]))
 
     def flops(prefix, suffixes):
         h, L = cfg.num_attention_heads * cfg.head_dim, cfg.num_hidden_layers
@@ -119,7 +122,8 @@ def main():
     for b in sizes:
         lat, fl = [], 0.0
         for prefix, suf in prepared:
-            lat += timed(lambda: dec.score_prepared(model, prefix, suf[:b], contract.pad_token_id, b), 2)
+            lat += timed(lambda: dec.score_prepared(model, [prefix], [(0, x) for x in suf[:b]], contract.pad_token_id,
+                                                    b), 2)
             fl += flops(prefix, suf[:b])
         p50 = statistics.median(lat)
         ips = b / p50
@@ -164,9 +168,9 @@ def main():
     # The optimised scorer must score what the naive one does (bf16 against float32: ranks, not digits).
     from scipy.stats import spearmanr
 
-    prefix, suf = dec.prepare_shared_prefix(tok, contract, q, titles[:k], texts[:k])
+    prefixes, pairs = dec.prepare_shared_prefix(tok, contract, [q] * k, titles[:k], texts[:k])
     with torch.inference_mode():
-        opt_scores = dec.score_prepared(model, prefix, suf, contract.pad_token_id, k)
+        opt_scores = dec.score_prepared(model, prefixes, pairs, contract.pad_token_id, k)
     diff = max(abs(x - y) for x, y in zip(opt_scores, naive_scores))
     spread = max(naive_scores) - min(naive_scores)
     print(f"agreement on {k} pairs: Spearman {spearmanr(opt_scores, naive_scores).statistic:.4f}, "

@@ -13,7 +13,6 @@ else is in its batch.
 
 from __future__ import annotations
 
-import copy
 import inspect
 from pathlib import Path
 
@@ -140,12 +139,30 @@ def encode_pairs(tokenizer, contract, queries: list[str], titles: list[str], tex
     return out
 
 
-def prepare_shared_prefix(tokenizer, contract, query: str, titles: list[str], texts: list[str]
-                          ) -> tuple[list[int], list[list[int]]]:
-    """(prefix ids, per-document suffix ids) of one query's pairs: the tokenisation half of the shared-prefix
-    scorer (a service can cache the documents' suffixes per document version)."""
-    parts = [segments(tokenizer, contract, query, d) for d in doc_strings(tokenizer, contract, titles, texts)]
-    return parts[0][0], [p[1] for p in parts]
+def prepare_shared_prefix(tokenizer, contract, queries: list[str], titles: list[str], texts: list[str]
+                          ) -> tuple[list[list[int]], list[tuple[int, list[int]]]]:
+    """The tokenisation half of the shared-prefix scorer: (prefix ids of each distinct query, in order of first
+    appearance; (query index, document + cue ids) of each pair). The same ids as :func:`segments`, with each
+    query's prefix and the cue tokenised once and the documents in one batched tokenizer call."""
+    uniq = list(dict.fromkeys(queries))
+    where = {q: i for i, q in enumerate(uniq)}
+    cue = tokenizer(CUE, add_special_tokens=False)["input_ids"]
+    prefixes = []
+    for q in uniq:
+        q_ids = tokenizer(q, add_special_tokens=False)["input_ids"][: contract.max_query_tokens]
+        pre = tokenizer(PREFIX.format(instruction=contract.instruction, query=tokenizer.decode(q_ids)),
+                        add_special_tokens=False)["input_ids"]
+        prefixes.append(([contract.bos_token_id] if contract.bos_token_id is not None else []) + pre)
+    if contract.compression == "soft":
+        slots = [placeholder_id(tokenizer, "decoder")] * contract.soft_tokens
+        return prefixes, [(where[q], slots + cue) for q in queries]
+    docs = doc_strings(tokenizer, contract, titles, texts)
+    doc_ids = tokenizer(docs, add_special_tokens=False)["input_ids"] if docs else []
+    rows = []
+    for q, d in zip(queries, doc_ids):
+        room = max(1, contract.max_length - len(prefixes[where[q]]) - len(cue))
+        rows.append((where[q], d[:room] + cue))
+    return prefixes, rows
 
 
 BATCH_OVERHEAD_TOKENS = 64
@@ -175,49 +192,74 @@ def length_buckets(order: list[int], lengths: list[int], max_batch: int,
     return batches[::-1]
 
 
+def _decoder_call(dec):
+    return "cache" if "cache" in inspect.signature(dec.forward).parameters else "past_key_values"   # transformers 5.2x
+
+
 @torch.inference_mode()
-def score_prepared(model: DecoderRanker, prefix: list[int], suffixes: list[list[int]], pad_token_id: int,
-                   batch_size: int = 64) -> list[float]:
-    """Score one query's documents with its prefix (instruction + query) run once: its key/value cache is
-    copied into every batch, and only the document + cue tokens are computed per pair."""
+def score_prepared(model: DecoderRanker, prefixes: list[list[int]], rows: list[tuple[int, list[int]]],
+                   pad_token_id: int, batch_size: int = 64) -> list[float]:
+    """Score pairs given as (query index, document + cue ids) against their queries' ``prefixes``, each prefix
+    (instruction + query) run once: all prefixes go through the model together (right-padded), and every batch of
+    documents — from one query or many, grouped by length (:func:`length_buckets`) — reads its rows' prefix keys
+    and values from that cache. A row's padded prefix positions are masked out, its document positions continue
+    its own prefix's, so a pair scores the same whichever pairs share its batch (within float rounding)."""
     from transformers import DynamicCache
 
     model.eval()
+    if not rows:
+        return []
     dec = model.lm.get_decoder()
     dev = model.head().device
-    kv = "cache" if "cache" in inspect.signature(dec.forward).parameters else "past_key_values"   # transformers 5.2x
-    pre = dec(input_ids=torch.tensor([prefix], device=dev), use_cache=True, **{kv: DynamicCache(config=model.config)})
-    base_cache = getattr(pre, "cache", None) or pre.past_key_values
+    kv = _decoder_call(dec)
+    plen = torch.tensor([len(p) for p in prefixes])
+    width = int(plen.max())
+    keys, values = None, None
+    for s in range(0, len(prefixes), batch_size):                 # the prefixes, in batches, padded to `width`
+        chunk = prefixes[s:s + batch_size]
+        ids = torch.full((len(chunk), width), pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for r, p in enumerate(chunk):
+            ids[r, :len(p)], mask[r, :len(p)] = torch.tensor(p), 1
+        out = dec(input_ids=ids.to(dev), attention_mask=mask.to(dev), use_cache=True,
+                  **{kv: DynamicCache(config=model.config)})
+        layers = (getattr(out, "cache", None) or out.past_key_values).layers
+        k, v = [layer.keys for layer in layers], [layer.values for layer in layers]   # [q, kv_heads, width, d]
+        keys = k if keys is None else [torch.cat([a, b]) for a, b in zip(keys, k)]
+        values = v if values is None else [torch.cat([a, b]) for a, b in zip(values, v)]
     head = model.head()
-    out = [0.0] * len(suffixes)
-    order = sorted(range(len(suffixes)), key=lambda i: len(suffixes[i]))
-    P = len(prefix)
-    for idx in length_buckets(order, [len(suffixes[i]) for i in order], batch_size):
-        suf = [suffixes[i] for i in idx]
-        width = max(map(len, suf))
-        ids = torch.full((len(idx), width), pad_token_id, dtype=torch.long)
+    out = [0.0] * len(rows)
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i][1]))
+    for idx in length_buckets(order, [len(rows[i][1]) for i in order], batch_size):
+        q = torch.tensor([rows[i][0] for i in idx])
+        suf = [rows[i][1] for i in idx]
+        pw, sw = int(plen[q].max()), max(map(len, suf))             # this batch's prefix and document widths
+        cache = DynamicCache(config=model.config)
+        for li, (k, v) in enumerate(zip(keys, values)):
+            cache.update(k[q.to(k.device), :, :pw], v[q.to(v.device), :, :pw], li)
+        ids = torch.full((len(idx), sw), pad_token_id, dtype=torch.long)
+        mask = torch.ones((len(idx), pw + sw), dtype=torch.long)
         for r, x in enumerate(suf):
             ids[r, :len(x)] = torch.tensor(x)
-        cache = copy.deepcopy(base_cache)
-        cache.batch_repeat_interleave(len(idx))
-        pos = torch.arange(P, P + width, device=dev)[None].expand(len(idx), -1)
-        # No padding mask: padding is on the right, so under the causal mask a real token only sees the prefix
-        # and its own document; the padded rows' outputs are never read. Plain causal attention is faster.
-        h = dec(input_ids=ids.to(dev), attention_mask=None, position_ids=pos, use_cache=True,
-                **{kv: cache}).last_hidden_state                                      # [b, S, H]
+            mask[r, int(plen[q[r]]):pw] = 0                         # this row's prefix padding
+        pos = plen[q][:, None] + torch.arange(sw)[None]             # [b, sw]: continue the row's own prefix
+        # Documents are right-padded: under the causal mask a real token never sees its row's padding, and the
+        # padded positions' outputs are never read.
+        h = dec(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev), use_cache=True,
+                **{kv: cache}).last_hidden_state                                      # [b, sw, H]
         last = torch.tensor([len(x) - 1 for x in suf], device=dev)
         vals = h[torch.arange(len(idx), device=dev), last].float() @ head.float()     # [b]
-        for i, v in zip(idx, vals.tolist()):
-            out[i] = v
+        for i, val in zip(idx, vals.tolist()):
+            out[i] = val
     return out
 
 
-def score_query_shared_prefix(model: DecoderRanker, tokenizer, contract, query: str, titles: list[str],
-                              texts: list[str], batch_size: int = 64) -> list[float]:
-    """Score one query's documents with its prefix computed once (:func:`prepare_shared_prefix`, then
-    :func:`score_prepared`)."""
-    prefix, suffixes = prepare_shared_prefix(tokenizer, contract, query, titles, texts)
-    return score_prepared(model, prefix, suffixes, contract.pad_token_id, batch_size)
+def score_shared_prefix(model: DecoderRanker, tokenizer, contract, queries: list[str], titles: list[str],
+                        texts: list[str], batch_size: int = 64) -> list[float]:
+    """Score pairs of any number of queries, each query's prefix computed once (:func:`prepare_shared_prefix`,
+    then :func:`score_prepared`); scores in input order."""
+    prefixes, rows = prepare_shared_prefix(tokenizer, contract, queries, titles, texts)
+    return score_prepared(model, prefixes, rows, contract.pad_token_id, batch_size)
 
 
 # ---------------------------------------------------------------- building decoder rungs

@@ -102,7 +102,8 @@ def score_pairs(model, tokenizer, contract: ScoringContract, queries: list[str],
                 texts: list[str], batch_size: int = 64, shared_prefix: bool = True,
                 doc_emb=None) -> list[float]:
     """Scores in input order. Batched and length-bucketed; decoder rankers compute each query's prefix once
-    (``shared_prefix``) and score the documents against its cached keys and values. Soft-token rankers need
+    (``shared_prefix``) and score the documents — of one query or of many in one batch — against the cached
+    keys and values. Soft-token rankers need
     ``doc_emb`` [n, embed_dim], the documents' embeddings by the contract's ``embedder``. A model sharded by FSDP
     (validation during training) runs whole prompts under ``no_grad``: its gathered parameters must outlive
     inference mode."""
@@ -117,16 +118,7 @@ def _score_pairs(model, tokenizer, contract, queries, titles, texts, batch_size,
         raise ValueError(f"this ranker reads documents as {contract.soft_tokens} soft tokens: pass doc_emb, one "
                          f"{contract.embedder} embedding per pair")
     if contract.family == "decoder" and shared_prefix and not soft and not is_sharded(model):
-        out = [0.0] * len(queries)
-        by_query: dict[str, list[int]] = {}
-        for i, q in enumerate(queries):
-            by_query.setdefault(q, []).append(i)
-        for q, idx in by_query.items():
-            vals = decoder.score_query_shared_prefix(model, tokenizer, contract, q, [titles[i] for i in idx],
-                                             [texts[i] for i in idx], batch_size)
-            for i, v in zip(idx, vals):
-                out[i] = v
-        return out
+        return decoder.score_shared_prefix(model, tokenizer, contract, queries, titles, texts, batch_size)
     order = sorted(range(len(queries)), key=lambda i: len(queries[i]) + len(titles[i]) + len(texts[i]))
     out = [0.0] * len(queries)
     for s in range(0, len(order), batch_size):

@@ -51,18 +51,25 @@ class RerankRequest(BaseModel):
     return_text: StrictBool | None = None            # TEI's name for return_documents
 
 
+DRAIN_LIMIT = 256 << 20     # an oversized body is read and dropped up to this size, so its client sees the 413
+
+
 async def read_json(receive_body, content_length: str | None, max_bytes: int) -> Any:
     """The body as JSON, refused with 413 past ``max_bytes`` — from the Content-Length header before reading,
-    or while streaming a chunked body — and 400 when it is not JSON."""
-    if content_length is not None and content_length.isdigit() and int(content_length) > max_bytes:
-        raise RequestError(413, f"request body of {int(content_length)} bytes exceeds the limit of {max_bytes} "
-                                "bytes (serving.max_body_bytes): send fewer or shorter documents")
+    or while streaming a chunked body — and 400 when it is not JSON. An oversized body is not kept: it is read
+    and dropped (up to ``DRAIN_LIMIT``) so the client, still sending, gets the 413 instead of a reset connection."""
+    declared = int(content_length) if content_length is not None and content_length.isdigit() else None
     chunks, size = [], 0
     async for chunk in receive_body():
         size += len(chunk)
-        if size > max_bytes:
-            raise RequestError(413, f"request body exceeds the limit of {max_bytes} bytes (serving.max_body_bytes)")
+        if size > max_bytes or (declared is not None and declared > max_bytes):
+            if size > DRAIN_LIMIT:
+                break
+            continue
         chunks.append(chunk)
+    if size > max_bytes or (declared is not None and declared > max_bytes):
+        raise RequestError(413, f"request body of {max(size, declared or 0)} bytes exceeds the limit of {max_bytes} "
+                                "bytes (serving.max_body_bytes): send fewer or shorter documents")
     raw = b"".join(chunks)
     if not raw.strip():
         raise RequestError(400, 'empty body: send JSON such as {"query": "…", "documents": [{"title": "…", '

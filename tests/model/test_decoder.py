@@ -102,6 +102,34 @@ def test_shared_prefix_scores_the_same_when_a_query_splits_into_length_buckets(t
     np.testing.assert_allclose(shared, alone, atol=1e-4)
 
 
+def test_many_queries_in_one_batch_score_as_each_query_alone_with_the_same_tokens(tiny, golden):
+    """The shared-prefix scorer batches documents of different queries together (the service's dynamic batches):
+    each row reads its own query's prefix cache with the other prefixes' padding masked. Tokens equal the
+    contract's layout (``segments``) pair by pair, documents cut to fit included; scores equal each query scored
+    alone and whole prompts scored without any cache."""
+    import models.decoder as dec
+    from models.contract import doc_strings
+
+    model, tok, contract = tiny
+    p = golden.pairs("test")
+    q, t, x = p["query"].tolist(), p.title.tolist(), p.text.tolist()
+    prefixes, rows = dec.prepare_shared_prefix(tok, contract, q, t, x)
+    assert len(prefixes) == p["query"].nunique() and len({len(a) for a in prefixes}) > 1    # prefixes differ in length
+    cut = 0
+    for i, d in enumerate(doc_strings(tok, contract, t, x)):
+        a, b = dec.segments(tok, contract, q[i], d)
+        assert (prefixes[rows[i][0]], rows[i][1]) == (a, b)
+        cut += len(a) + len(b) == contract.max_length
+    assert cut > 10                                                    # truncated documents are covered
+    together = score_pairs(model, tok, contract, q, t, x, batch_size=32)
+    alone = np.zeros(len(q))
+    for _, g in p.reset_index(drop=True).groupby("query_id"):
+        alone[g.index] = score_pairs(model, tok, contract, g["query"].tolist(), g.title.tolist(), g.text.tolist())
+    whole = score_pairs(model, tok, contract, q, t, x, shared_prefix=False)
+    np.testing.assert_allclose(together, alone, atol=1e-4)
+    np.testing.assert_allclose(together, whole, atol=1e-4)
+
+
 def test_saved_ranker_loads_by_contract_and_scores_the_same(tmp_path, tiny):
     model, tok, contract = tiny
     path = save_ranker(model, tok, contract, tmp_path / "dec")
