@@ -7,9 +7,10 @@ pass; two passes at once only contend. The HTTP side (an asyncio event loop) nev
 :class:`Job` and awaits its future. A request is never split across batches, so its scores come from one model
 version and one pass of the scorer; a request bigger than ``max_batch_items`` is scored alone.
 
-Backpressure: the queue holds at most ``max_queue_items`` pairs; :meth:`Batcher.submit` raises
-:class:`QueueFull` (the service answers 503 with ``Retry-After``) rather than letting latency grow without bound.
-A job whose deadline passed while it waited is dropped unscored.
+Backpressure: the queue holds at most ``max_queue_items`` pairs, and admits a request only if the work queued
+ahead of it (at the recent scoring rate) fits its deadline; otherwise :meth:`Batcher.submit` raises
+:class:`QueueFull` (the service answers 503 with ``Retry-After``) rather than letting latency grow without bound
+or scoring work whose client has given up. A job whose deadline passed while it waited is dropped unscored.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ log = logging.getLogger("flywheel.serving")
 
 
 class QueueFull(Exception):
-    def __init__(self, retry_after_s: int, queued: int):
-        super().__init__(f"the scoring queue is full ({queued} pairs waiting): retry after {retry_after_s}s")
+    def __init__(self, retry_after_s: int, reason: str):
+        super().__init__(f"{reason}: retry after {retry_after_s}s")
         self.retry_after_s = retry_after_s
 
 
@@ -89,9 +90,14 @@ class Batcher:
         with self._cond:
             if self._stopping:
                 raise Draining("the service is shutting down")
+            wait = (self._queued_items + job.n) / self._rate if self._rate > 0 else 0.0
+            retry = max(1, int(wait + 0.999))
             if self._queue and self._queued_items + job.n > self.max_queue_items:
-                wait = self._queued_items / self._rate if self._rate > 0 else 1.0
-                raise QueueFull(max(1, int(wait + 0.999)), self._queued_items)
+                raise QueueFull(retry, f"the scoring queue is full ({self._queued_items} pairs waiting)")
+            if self._queue and wait > job.deadline - time.monotonic():
+                # shed load now rather than score work whose client will have given up (a 504 that cost a batch)
+                raise QueueFull(retry, f"the service is at capacity: {self._queued_items} pairs waiting, about "
+                                       f"{wait:.1f}s of scoring, longer than the request's deadline")
             self._queue.append(job)
             self._queued_items += job.n
             self.metrics.queue_items.set(self._queued_items)

@@ -63,7 +63,7 @@ def run_one(args, settings) -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     setup_mlflow(configure_environment())
-    app = create_app(args.model, args.alias, settings)
+    app = create_app(args.model, args.alias, settings, load_first=args.fd is not None)
     # uvicorn drains on SIGTERM, restores the handler it found and raises the signal again: exit 0 after a drain
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     where = {"fd": args.fd} if args.fd is not None else {"host": args.host, "port": args.port}
@@ -95,17 +95,18 @@ def run_replicas(args, settings, devices: list[str]) -> int:
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
 
-    procs = {d: start(d) for d in devices}
+    procs = {i: start(d) for i, d in enumerate(devices)}             # by position: "cpu,cpu" is two workers
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     print(f"serving {args.model}@{args.alias} on {args.host}:{args.port} with {len(devices)} workers: "
-          + ", ".join(f"{d} (pid {p.pid})" for d, p in procs.items()), flush=True)
+          + ", ".join(f"{devices[i]} (pid {p.pid})" for i, p in procs.items()), flush=True)
     while True:
         time.sleep(0.5)
-        for d, p in list(procs.items()):
+        for i, p in list(procs.items()):
             if p.poll() is not None and not stopping:
-                print(f"worker on {d} (pid {p.pid}) exited with {p.returncode}; starting it again", flush=True)
-                procs[d] = start(d)
+                print(f"worker on {devices[i]} (pid {p.pid}) exited with {p.returncode}; starting it again",
+                      flush=True)
+                procs[i] = start(devices[i])
         if stopping:
             deadline = time.time() + settings.drain_s + 10
             for p in procs.values():

@@ -113,9 +113,13 @@ class Observe:
                 self.metrics.errors.labels(code).inc()
 
 
-def create_app(model_name: str, alias: str = "champion", settings=None, token: str | None = None):
+def create_app(model_name: str, alias: str = "champion", settings=None, token: str | None = None,
+               load_first: bool = False):
     """The app; ``settings`` is a :class:`flywheel.config.ServingConfig` (defaults when None); ``token`` the bearer
-    token clients must send (default: ``$FLYWHEEL_SCORER_TOKEN``; none means no authentication)."""
+    token clients must send (default: ``$FLYWHEEL_SCORER_TOKEN``; none means no authentication). By default the
+    model loads in the background while ``/health`` already answers; with ``load_first`` startup waits for it, so
+    the process accepts no connection before it can score (a worker sharing a port with others: flywheel.serving.
+    launch), and the connections go to the workers that can."""
     from flywheel.config import ServingConfig
 
     settings = settings or ServingConfig()
@@ -130,6 +134,11 @@ def create_app(model_name: str, alias: str = "champion", settings=None, token: s
     async def lifespan(_app):
         metrics.ready.set(0)
         batcher.start()
+        while load_first and holder.current is None:
+            try:
+                await asyncio.to_thread(holder.refresh)
+            except Exception:
+                await asyncio.sleep(5)                 # logged in refresh; try again
         poller = threading.Thread(target=holder.poll_forever, name="flywheel-model-poller", daemon=True)
         poller.start()
         yield

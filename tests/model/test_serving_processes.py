@@ -94,18 +94,39 @@ def test_sigterm_finishes_in_flight_requests_then_exits(registered, tmp_path):
             get(f"{base}/health", timeout=2)                 # gone: nothing listens any more
 
 
-def test_two_workers_share_one_port_and_their_metrics_add_up(registered, tmp_path):
+def _pids_answering(base: str, want: int, timeout: float = 90) -> set:
+    pids, deadline = set(), time.time() + timeout
+    while len(pids) < want:                            # a worker may still be warming up
+        assert time.time() < deadline, f"only worker(s) {pids} answered"
+        try:
+            pids.add(get(f"{base}/health", timeout=5)[1]["pid"])
+        except (OSError, urllib.error.HTTPError):
+            time.sleep(0.2)
+    return pids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+
+
+def test_two_workers_share_one_port_a_dead_one_comes_back_and_their_metrics_add_up(registered, tmp_path):
     with service("--devices", "cpu,cpu", tmp_path=tmp_path) as (proc, base, _):
-        pids, deadline = set(), time.time() + 60
-        while len(pids) < 2:                               # the second worker may still be warming up
-            assert time.time() < deadline, f"only worker(s) {pids} answered"
-            try:
-                code, h = get(f"{base}/health")
-                pids.add(h["pid"])
-            except (OSError, urllib.error.HTTPError):
-                pass
+        pids = _pids_answering(base, 2)
         assert proc.pid not in pids
-        time.sleep(2)                                      # let both finish warming up before counting
+        victim = sorted(pids)[0]
+        os.kill(victim, signal.SIGKILL)                    # the launcher starts a new worker in its place
+        deadline = time.time() + 90
+        while not (len(pids) == 3 and get(f"{base}/ready")[0] == 200):
+            assert time.time() < deadline, "the killed worker was not replaced"
+            try:
+                pids.add(get(f"{base}/health", timeout=5)[1]["pid"])
+            except (OSError, urllib.error.HTTPError):
+                time.sleep(0.2)
+        time.sleep(2)                                      # let the new worker finish warming up
         for _ in range(20):
             assert get(f"{base}/score", BODY)[0] == 200
         text = get(f"{base}/metrics")[1]
@@ -113,6 +134,7 @@ def test_two_workers_share_one_port_and_their_metrics_add_up(registered, tmp_pat
         assert scored == 40                                # 20 requests × 2 documents, whichever worker took them
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
+        assert not [p for p in pids if _alive(p)]          # no worker outlives the launcher
 
 
 def test_the_readme_curl_lines_work_as_written(registered, tmp_path):
