@@ -65,6 +65,10 @@ def build_and_register(model: str, home: Path, dtype: str = "float32", compress_
         else:
             lm = dec.build_tiny_qwen3(tok, model)
         m = dec.DecoderRanker(lm, contract.yes_token_id, contract.no_token_id)
+    if dtype == "bfloat16":                          # half the bytes to save, register and load
+        import torch
+
+        m = m.to(torch.bfloat16)
     path = save_ranker(m, tok, contract, home / "bench-model")
     paths = get_paths()
     v = log_ranker({"rung": "student", "path": str(path), "model_version": model, "layers": 0,

@@ -14,6 +14,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -77,6 +78,8 @@ def run_replicas(args, settings, devices: list[str]) -> int:
     sock.bind((args.host, args.port))
     sock.listen(2048)
     sock.set_inheritable(True)
+    from prometheus_client import multiprocess
+
     metrics_dir = tempfile.mkdtemp(prefix="flywheel-serve-metrics-")
     stopping = False
 
@@ -104,6 +107,7 @@ def run_replicas(args, settings, devices: list[str]) -> int:
         time.sleep(0.5)
         for i, p in list(procs.items()):
             if p.poll() is not None and not stopping:
+                multiprocess.mark_process_dead(p.pid, metrics_dir)    # its live gauges leave /metrics
                 print(f"worker on {devices[i]} (pid {p.pid}) exited with {p.returncode}; starting it again",
                       flush=True)
                 procs[i] = start(devices[i])
@@ -114,6 +118,7 @@ def run_replicas(args, settings, devices: list[str]) -> int:
                     p.wait(max(0.1, deadline - time.time()))
                 except subprocess.TimeoutExpired:
                     p.kill()
+            shutil.rmtree(metrics_dir, ignore_errors=True)
             return 0
 
 
