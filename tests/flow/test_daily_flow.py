@@ -135,7 +135,7 @@ def test_crash_in_a_late_stage_resumes_from_cache_and_warm_rerun_redoes_nothing(
     assert (labels.parse_status == "ok").all() and labels.grade.between(0, 3).all()
     # Served champion reproduces offline scores.
     dep = summary["deploy"]
-    assert dep["pairs_checked"] > 10 and dep["max_abs_diff"] <= 1e-4
+    assert dep["pairs_checked"] > 10 and dep["max_abs_diff"] <= 1e-4 and dep["batching_max_abs_diff"] <= 1e-4
     champion = alias_version(cfg.registered_model, "champion", paths())
     assert champion is not None and summary["promotion"]["champion"] == str(champion.version)
     # Compressed students are registered under names of their own and served by alias like any ranker; the
