@@ -1,4 +1,5 @@
-"""Naive versus optimised scoring of the same decoder ranker, side by side in one run.
+"""Naive versus optimised scoring of the same decoder ranker, and a standard stack on its export, side by side in
+one run.
 
     python bench/scoring.py [--model gemma3-270m|qwen3-0.6b|qwen3-mini] [--dtype bfloat16] [--queries 4] [--docs 96]
 
@@ -7,11 +8,16 @@ naive:     one pair per forward pass, full-vocabulary logits at every position, 
 optimised: models.ranker.score_pairs — each query's prefix (instruction + query) run once and its key/value cache
            reused, a query's documents split into length buckets that minimise padded tokens
            (models.decoder.length_buckets), right padding, only the two output rows yes/no, inference mode.
+crossencoder: sentence-transformers' CrossEncoder.predict (its default batching: 32 pairs, longest first) on the
+           same model exported as a standard *ForSequenceClassification (flywheel.serving.export), in the
+           optimised scorer's dtype, fed the formatted (query side, document side) pairs — what a team that
+           takes the exported checkpoint gets without the flywheel's scorer. Formatting the pairs (tokenising to
+           cut the query and document) is timed apart.
 
 The workload is a second-stage ranker's: a few queries, each with ~100 retrieved candidates (``--docs``); with
 fewer candidates per query the prefix is shared by fewer documents and the length buckets are coarser.
 
-Prints items/s of each, the ratio, the largest score difference between the two (they must agree), and the
+Prints items/s of each, the ratios, the largest score differences between them (they must agree), and the
 optimised scorer's achieved FLOP/s (useful FLOPs over real tokens: 2 × non-embedding parameters per token plus
 attention over the context; padding counts as waste) as a fraction of this CPU's matmul peak in the scorer's dtype,
 measured here with torch.mm.
@@ -75,6 +81,25 @@ def build_model(name: str, paths):
     return dec.DecoderRanker(lm, contract.yes_token_id, contract.no_token_id).eval(), tok, contract
 
 
+def exported_cross_encoder(model, tok, contract, dtype: str, queries, titles, texts):
+    """(CrossEncoder on the model exported as a standard checkpoint, in ``dtype``; the formatted pairs; the
+    seconds formatting took). The export is written to a temp dir and loaded back, as a user would."""
+    import tempfile
+
+    import torch
+    from sentence_transformers import CrossEncoder
+
+    from flywheel.serving.export import export_ranker, formatted_pair
+    from models.ranker import save_ranker
+
+    with tempfile.TemporaryDirectory(prefix="bench-export-") as tmp:
+        export_ranker(save_ranker(model, tok, contract, Path(tmp) / "checkpoint"), Path(tmp) / "exported")
+        ce = CrossEncoder(str(Path(tmp) / "exported"), device="cpu", model_kwargs={"dtype": getattr(torch, dtype)})
+    t0 = time.perf_counter()
+    formatted = [formatted_pair(ce.tokenizer, contract, q, t, x) for q, t, x in zip(queries, titles, texts)]
+    return ce, formatted, time.perf_counter() - t0
+
+
 def useful_flops(model, tok, contract, queries, titles, texts) -> float:
     """FLOPs of the optimised path over real tokens: prefix once per query, document + cue per pair."""
     from models.decoder import segments
@@ -125,6 +150,7 @@ def main():
     queries = [q for q in qs for _ in range(a.docs)]
     titles, texts = docs.title.tolist(), docs.text.tolist()
     model, tok, contract = build_model(a.model, paths)
+    ce, formatted, format_s = exported_cross_encoder(model, tok, contract, a.dtype, queries, titles, texts)
     console.print(f"model {a.model}: {model.config.num_hidden_layers} layers, hidden {model.config.hidden_size}, "
                   f"vocab {model.config.vocab_size}, {count_params(model) / 1e6:.1f}M non-embedding parameters; "
                   f"{len(queries)} pairs ({a.queries} queries × {a.docs} documents); torch threads "
@@ -139,7 +165,8 @@ def main():
     opt_model = copy.deepcopy(model).to(getattr(torch, a.dtype))
     score_pairs_naive(model, tok, contract, queries[:1], titles[:1], texts[:1])                          # warm-up
     score_pairs(opt_model, tok, contract, queries[:a.docs], titles[:a.docs], texts[:a.docs], a.batch)   # warm-up
-    naive_s = opt_s = float("inf")
+    ce.predict(formatted[:a.docs])                                                                      # warm-up
+    naive_s = opt_s = ce_s = float("inf")
     for _ in range(a.rounds):
         t0 = time.perf_counter()
         naive = score_pairs_naive(model, tok, contract, [queries[i] for i in sub], [titles[i] for i in sub],
@@ -148,9 +175,13 @@ def main():
         t0 = time.perf_counter()
         opt = score_pairs(opt_model, tok, contract, queries, titles, texts, a.batch)
         opt_s = min(opt_s, time.perf_counter() - t0)
-    naive_ips, opt_ips = len(sub) / naive_s, len(queries) / opt_s
+        t0 = time.perf_counter()
+        ce_scores = ce.predict(formatted)
+        ce_s = min(ce_s, time.perf_counter() - t0)
+    naive_ips, opt_ips, ce_ips = len(sub) / naive_s, len(queries) / opt_s, len(queries) / ce_s
     dtype, model = getattr(torch, a.dtype), opt_model
     diff = float(np.max(np.abs(np.array(naive) - np.array(opt)[sub])))
+    ce_diff = float(np.max(np.abs(np.asarray(ce_scores) - np.array(opt))))
     from scipy.stats import spearmanr
 
     rho = float(spearmanr(naive, np.array(opt)[sub]).statistic)
@@ -158,13 +189,18 @@ def main():
     peak = matmul_peak(dtype=dtype)
 
     tab = Table(title=f"Scoring {a.model} on this CPU (same model, same pairs)")
-    for c in ("scorer", "pairs", "seconds", "items/s", "× naive"):
+    for c in ("scorer", "pairs", "seconds", "items/s", "× naive", "× CrossEncoder"):
         tab.add_column(c, justify="right" if c != "scorer" else "left")
-    tab.add_row("naive (per pair, full vocabulary)", str(len(sub)), f"{naive_s:.2f}", f"{naive_ips:.1f}", "1.0")
-    tab.add_row(f"optimised ({a.dtype}, shared prefix, batched, 2-row head)", str(len(queries)), f"{opt_s:.2f}", f"{opt_ips:.1f}",
-                f"{opt_ips / naive_ips:.1f}")
+    for name, n, secs, ips in (("naive (per pair, full vocabulary)", len(sub), naive_s, naive_ips),
+                               (f"optimised ({a.dtype}, shared prefix, batched, 2-row head)", len(queries), opt_s,
+                                opt_ips),
+                               (f"CrossEncoder.predict on the export ({a.dtype}, batch 32)", len(queries), ce_s,
+                                ce_ips)):
+        tab.add_row(name, str(n), f"{secs:.2f}", f"{ips:.1f}", f"{ips / naive_ips:.1f}", f"{ips / ce_ips:.2f}")
     console.print(tab)
     console.print(f"max |naive − optimised| score: {diff:.2e}; Spearman between them {rho:.4f}")
+    console.print(f"max |CrossEncoder − optimised| score: {ce_diff:.2e} (both {a.dtype}); formatting its "
+                  f"{len(formatted)} pairs took {format_s:.2f} s more (not in its time)")
     console.print(f"optimised scorer: {flops / opt_s / 1e9:.1f} GFLOP/s useful; {a.dtype} matmul peak "
                   f"{peak / 1e9:.1f} GFLOP/s → {flops / opt_s / peak:.0%} of peak")
 

@@ -261,6 +261,36 @@ def rollback(model: str = "flywheel-ranker"):
 
 
 @app.command()
+def export(model: str = typer.Argument(..., help="registered model: NAME (= NAME@champion), NAME@ALIAS or "
+                                                 "NAME/VERSION"),
+           to: Path = typer.Option(..., "--to", help="folder to write; must be absent or empty"),
+           overwrite: bool = typer.Option(False, help="replace a non-empty --to folder")):
+    """Export a registered ranker as a standard Hugging Face checkpoint. A decoder ranker becomes a
+    *ForSequenceClassification (e.g. Qwen3ForSequenceClassification) scoring logit(yes) - logit(no), with its
+    tokenizer, scoring contract, prompt (flywheel_prompt.json) and a model card (README.md) saying how to feed it
+    with transformers, sentence-transformers' CrossEncoder, vLLM or TEI. An encoder ranker is copied as it is and
+    is NOT standard (it needs models.cross_encoder.BertMeanPoolRanker). Soft-token rankers are refused.
+    Exit code 2 on an unknown model, alias or version, or a refused export."""
+    import tempfile
+
+    from flywheel.serving.export import export_ranker, resolve_checkpoint
+
+    paths = configure_environment()
+    try:
+        with tempfile.TemporaryDirectory(prefix="flywheel-export-") as tmp:
+            checkpoint, source = resolve_checkpoint(model, paths, Path(tmp))
+            info = export_ranker(checkpoint, to, source, overwrite=overwrite)
+    except (LookupError, ValueError, FileExistsError) as exc:
+        typer.secho(f"error: {exc}", fg="red", err=True)
+        raise typer.Exit(2)
+    typer.echo(f"{source['uri']} (alias {source['alias'] or '-'}, run {source['run_id']}) -> {info['out']}: "
+               f"{info['class']}, {info['family']} ranker, {'standard' if info['standard'] else 'NOT standard'}")
+    typer.echo("files: " + ", ".join(info["files"]))
+    if not info["standard"]:
+        typer.secho(f"WARNING: {info['warning']}", fg="yellow", bold=True, err=True)
+
+
+@app.command()
 def ui(which: str = typer.Argument(..., help="mlflow or prefect"), port: Optional[int] = None):
     """Start the MLflow or Prefect UI on the flywheel home (Ctrl-C to stop)."""
     paths = configure_environment()
