@@ -266,7 +266,7 @@ class ServingConfig(BaseModel):
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")   # auto: the GPU when there is one
     # auto: bfloat16 on a GPU, the checkpoint's own scoring dtype on a CPU; otherwise cast to this dtype
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    max_batch_items: int = Field(1024, ge=0)          # pairs scored together across requests; 0 = batching off
+    max_batch_items: int = Field(4096, ge=0)          # pairs scored together across requests; 0 = batching off
     max_wait_ms: float = Field(5.0, ge=0, le=10_000)   # how long the first request of a batch waits for company
     forward_batch: int = Field(64, ge=1)              # pairs per forward pass inside a batch (length-bucketed)
     max_queue_items: int = Field(8192, ge=1)          # pairs waiting; beyond it 503 with Retry-After

@@ -26,6 +26,12 @@ from typing import Callable
 log = logging.getLogger("flywheel.serving")
 
 
+# Admission and batch size against the deadline: a request is admitted if the work queued ahead of it takes at
+# most ADMIT_SHARE of its deadline at the recent rate, and a batch holds at most BATCH_SHARE of a deadline's work,
+# so an admitted request finishes in time even behind the batch already running and inside a full one of its own.
+ADMIT_SHARE, BATCH_SHARE = 0.5, 0.125
+
+
 class QueueFull(Exception):
     def __init__(self, retry_after_s: int, reason: str):
         super().__init__(f"{reason}: retry after {retry_after_s}s")
@@ -86,15 +92,30 @@ class Batcher:
     def alive(self) -> bool:
         return self._thread.is_alive()
 
+    def rate(self) -> float:
+        """Pairs/s of recent batches; before any, the served model's warm-up figure (0: unknown)."""
+        return self._rate or getattr(self.get_model(), "warm_rate", 0.0) or 0.0
+
+    def overloaded(self, timeout_s: float) -> QueueFull | None:
+        """The refusal a request would get before its body is even read: the work already queued outlasts a
+        whole deadline (rejecting then costs no parsing, which an overloaded service cannot spare)."""
+        rate = self.rate()
+        wait = self._queued_items / rate if rate > 0 else 0.0
+        if wait > ADMIT_SHARE * timeout_s:
+            return QueueFull(max(1, int(wait + 0.999)), f"the service is at capacity: {self._queued_items} pairs "
+                                                        f"waiting, about {wait:.1f}s of scoring")
+        return None
+
     def submit(self, job: Job) -> None:
         with self._cond:
             if self._stopping:
                 raise Draining("the service is shutting down")
-            wait = (self._queued_items + job.n) / self._rate if self._rate > 0 else 0.0
+            rate = self.rate()
+            wait = (self._queued_items + job.n) / rate if rate > 0 else 0.0
             retry = max(1, int(wait + 0.999))
             if self._queue and self._queued_items + job.n > self.max_queue_items:
                 raise QueueFull(retry, f"the scoring queue is full ({self._queued_items} pairs waiting)")
-            if self._queue and wait > job.deadline - time.monotonic():
+            if self._queue and wait > ADMIT_SHARE * (job.deadline - time.monotonic()):
                 # shed load now rather than score work whose client will have given up (a 504 that cost a batch)
                 raise QueueFull(retry, f"the service is at capacity: {self._queued_items} pairs waiting, about "
                                        f"{wait:.1f}s of scoring, longer than the request's deadline")
@@ -125,7 +146,10 @@ class Batcher:
                     self._cond.wait(left)
             jobs = [self._queue.popleft()]
             total = jobs[0].n
-            while self._queue and total + self._queue[0].n <= self.max_batch_items:
+            cap = self.max_batch_items
+            if (rate := self.rate()) > 0:     # a batch everyone in it waits for must fit well within a deadline
+                cap = min(cap, max(1, int(rate * (jobs[0].deadline - jobs[0].enqueued) * BATCH_SHARE)))
+            while self._queue and total + self._queue[0].n <= cap:
                 jobs.append(self._queue.popleft())
                 total += jobs[-1].n
             self._queued_items -= total

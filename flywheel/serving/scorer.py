@@ -51,6 +51,7 @@ class ServedModel:
     device: str
     dtype: str
     forward_batch: int = 64
+    warm_rate: float = 0.0           # pairs/s measured by the warm-up: the batcher's rate before real traffic
 
     @property
     def tolerance(self) -> float:
@@ -71,8 +72,8 @@ class ServedModel:
 
 def warm_up(served: ServedModel) -> float:
     """Score one batch per length bucket (documents of 8, 16, 32, … tokens up to the contract's maximum), so the
-    first real requests meet no first-call cost (allocator growth, kernel selection on a GPU). Returns seconds."""
-    t0 = time.perf_counter()
+    first real requests meet no first-call cost (allocator growth, kernel selection on a GPU), then the longest
+    bucket again, timed. Returns its pairs/s: the rate the batcher assumes until real batches have been timed."""
     width = 8
     while True:
         doc = " ".join(["relevance"] * width)
@@ -81,9 +82,11 @@ def warm_up(served: ServedModel) -> float:
         if width >= served.contract.max_length:
             break
         width *= 2
+    t0 = time.perf_counter()
+    served.score(["warm up query"] * n, ["warm up"] * n, [doc] * n)
     if served.device.startswith("cuda"):
         torch.cuda.synchronize()
-    return time.perf_counter() - t0
+    return n / (time.perf_counter() - t0)
 
 
 def alias_target(name: str, alias: str) -> tuple[str, str | None]:
@@ -109,7 +112,9 @@ def load_served(name: str, version: str, settings, model_version: str | None = N
     model = model.to(device).eval()
     served = ServedModel(name, str(version), model_version, model, tok, contract, str(device), dtype,
                          settings.forward_batch)
-    warm = warm_up(served)
-    log.info("loaded %s v%s on %s in %s (%.1fs, warm-up %.1fs)", name, version, device, dtype,
-             time.perf_counter() - t0, warm)
+    import dataclasses
+
+    served = dataclasses.replace(served, warm_rate=warm_up(served))
+    log.info("loaded and warmed %s v%s on %s in %s in %.1fs (%.0f pairs/s at full length)", name, version, device,
+             dtype, time.perf_counter() - t0, served.warm_rate)
     return served

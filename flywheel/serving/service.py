@@ -183,6 +183,8 @@ def create_app(model_name: str, alias: str = "champion", settings=None, token: s
             return denied
         if state["draining"]:
             return error(503, "the service is shutting down", {"Retry-After": "1"})
+        if (full := batcher.overloaded(settings.timeout_s)) is not None:
+            return error(503, str(full), {"Retry-After": str(full.retry_after_s)})
         try:
             data = await api.read_json(request.stream, request.headers.get("content-length"),
                                        settings.max_body_bytes)

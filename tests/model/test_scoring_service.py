@@ -300,3 +300,46 @@ def test_the_alias_moves_under_load_without_a_failed_or_mixed_request(models, bo
     assert v2 in seen and seen[-1] == v1 and seen.index(v2) > 0
     for _, a in answers:
         assert a["scores"] == pytest.approx(expect[a["version"]], abs=1e-4)
+
+
+def test_admission_and_batch_size_follow_the_deadline_at_the_measured_rate():
+    """Without HTTP: a model scoring 100 pairs/s, requests of 10 pairs with a 2.1 s deadline. A request is admitted
+    while the work queued ahead, itself included, takes at most half its deadline (100 pairs), refused after with
+    Retry-After from the queued seconds; a batch holds at most an eighth of a deadline's work (26 pairs: two
+    requests); every admitted request is answered in time."""
+    import asyncio
+
+    from flywheel.serving.batcher import Batcher, Job, QueueFull
+    from flywheel.serving.metrics import ServiceMetrics
+
+    class Model:
+        warm_rate = 100.0
+
+        def score(self, q, t, x):
+            time.sleep(len(q) / 100)
+            return [0.0] * len(q)
+
+    async def run():
+        loop = asyncio.get_running_loop()
+        b = Batcher(lambda: Model(), max_batch_items=1000, max_wait_ms=50, max_queue_items=10_000,
+                    metrics=ServiceMetrics())
+        jobs, refused = [], []
+        for _ in range(14):
+            job = Job(["q"] * 10, ["t"] * 10, ["x"] * 10, time.monotonic() + 2.1, loop.create_future(), loop)
+            try:
+                b.submit(job)
+                jobs.append(job)
+            except QueueFull as exc:
+                refused.append(exc)
+        b.start()
+        done = await asyncio.wait_for(asyncio.gather(*(j.future for j in jobs)), 5)
+        b.stop()
+        return jobs, refused, done, b
+
+    jobs, refused, done, b = asyncio.run(run())
+    assert len(jobs) == 10 and len(refused) == 4                       # 100 pairs queued = 1 s ≤ half of 2.1 s
+    assert all(e.retry_after_s == 2 and "at capacity" in str(e) for e in refused)   # 110 pairs at 100/s → 2 s
+    assert all(len(scores) == 10 for scores, _, _ in done)
+    hist = {s.name: s.value for s in b.metrics.batch_items.collect()[0].samples if "bucket" not in s.name}
+    assert hist["flywheel_batch_items_sum"] == 100                     # every admitted pair, scored once
+    assert hist["flywheel_batch_items_count"] == 5                     # in 5 batches of 2 requests (20 ≤ 26 pairs)
