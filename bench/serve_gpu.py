@@ -34,6 +34,7 @@ def main():
     ap.add_argument("--clients", default="4,8,16,32,64,128", help="concurrency levels")
     ap.add_argument("--max-batch-items", type=int, default=2048)
     ap.add_argument("--max-wait-ms", type=float, default=2.0)
+    ap.add_argument("--forward-batch", type=int, default=512, help="pairs per forward pass (service and offline)")
     ap.add_argument("--port", type=int, default=18766)
     ap.add_argument("--smoke-cpu", action="store_true", help="tiny Qwen3 on the CPU, 2 short levels: checks the "
                                                            "script, measures nothing about GPUs")
@@ -42,6 +43,7 @@ def main():
 
     if a.smoke_cpu:
         model, device, dtype, levels, seconds = "qwen3-tiny", "cpu", "float32", [2, 4], min(a.seconds, 3.0)
+        a.forward_batch = 64
     else:
         if not torch.cuda.is_available():
             sys.exit("no CUDA device: run with --smoke-cpu to check the script on a CPU")
@@ -59,11 +61,12 @@ def main():
     t0 = time.perf_counter()
     checkpoint = sl.build_and_register(model, home, dtype=dtype, compress_to=32)
     bodies = sl.requests_of(200, docs=(50, 50))
-    offline = sl.offline_items_per_s(checkpoint, bodies, forward_batch=a.max_batch_items, device=device)
+    offline = sl.offline_items_per_s(checkpoint, bodies, forward_batch=a.forward_batch, device=device)
     print(f"model built and registered in {time.perf_counter() - t0:.0f}s; offline (no HTTP, same pairs): "
           f"{offline:,.0f} items/s", flush=True)
     proc = sl.start_service(a.port, home, "--device", device, "--dtype", dtype, "--max-batch-items",
-                            str(a.max_batch_items), "--max-wait-ms", str(a.max_wait_ms))
+                            str(a.max_batch_items), "--max-wait-ms", str(a.max_wait_ms), "--forward-batch",
+                            str(a.forward_batch))
     base = f"http://127.0.0.1:{a.port}"
     rows = []
     try:

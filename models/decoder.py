@@ -214,7 +214,7 @@ def score_prepared(model: DecoderRanker, prefixes: list[list[int]], rows: list[t
     kv = _decoder_call(dec)
     plen = torch.tensor([len(p) for p in prefixes])
     width = int(plen.max())
-    keys, values = None, None
+    chunks = []
     for s in range(0, len(prefixes), batch_size):                 # the prefixes, in batches, padded to `width`
         chunk = prefixes[s:s + batch_size]
         ids = torch.full((len(chunk), width), pad_token_id, dtype=torch.long)
@@ -224,9 +224,9 @@ def score_prepared(model: DecoderRanker, prefixes: list[list[int]], rows: list[t
         out = dec(input_ids=ids.to(dev), attention_mask=mask.to(dev), use_cache=True,
                   **{kv: DynamicCache(config=model.config)})
         layers = (getattr(out, "cache", None) or out.past_key_values).layers
-        k, v = [layer.keys for layer in layers], [layer.values for layer in layers]   # [q, kv_heads, width, d]
-        keys = k if keys is None else [torch.cat([a, b]) for a, b in zip(keys, k)]
-        values = v if values is None else [torch.cat([a, b]) for a, b in zip(values, v)]
+        chunks.append(([layer.keys for layer in layers], [layer.values for layer in layers]))  # [q, kv, width, d]
+    keys = [torch.cat(ks) for ks in zip(*(c[0] for c in chunks))]
+    values = [torch.cat(vs) for vs in zip(*(c[1] for c in chunks))]
     head = model.head()
     out = [0.0] * len(rows)
     order = sorted(range(len(rows)), key=lambda i: len(rows[i][1]))
@@ -235,8 +235,9 @@ def score_prepared(model: DecoderRanker, prefixes: list[list[int]], rows: list[t
         suf = [rows[i][1] for i in idx]
         pw, sw = int(plen[q].max()), max(map(len, suf))             # this batch's prefix and document widths
         cache = DynamicCache(config=model.config)
+        qd = q.to(keys[0].device)
         for li, (k, v) in enumerate(zip(keys, values)):
-            cache.update(k[q.to(k.device), :, :pw], v[q.to(v.device), :, :pw], li)
+            cache.update(k[qd, :, :pw], v[qd, :, :pw], li)
         ids = torch.full((len(idx), sw), pad_token_id, dtype=torch.long)
         mask = torch.ones((len(idx), pw + sw), dtype=torch.long)
         for r, x in enumerate(suf):
@@ -258,8 +259,31 @@ def score_shared_prefix(model: DecoderRanker, tokenizer, contract, queries: list
                         texts: list[str], batch_size: int = 64) -> list[float]:
     """Score pairs of any number of queries, each query's prefix computed once (:func:`prepare_shared_prefix`,
     then :func:`score_prepared`); scores in input order."""
-    prefixes, rows = prepare_shared_prefix(tokenizer, contract, queries, titles, texts)
-    return score_prepared(model, prefixes, rows, contract.pad_token_id, batch_size)
+    out = [0.0] * len(queries)
+    for idx in _query_groups(queries, MAX_PREFIXES):
+        prefixes, rows = prepare_shared_prefix(tokenizer, contract, [queries[i] for i in idx],
+                                               [titles[i] for i in idx], [texts[i] for i in idx])
+        for i, v in zip(idx, score_prepared(model, prefixes, rows, contract.pad_token_id, batch_size)):
+            out[i] = v
+    return out
+
+
+# Prefix keys/values held at once: a 0.6B decoder's is ~7 MB per query in bf16, so an offline call over tens of
+# thousands of queries is scored in groups of this many queries (a service batch stays one group).
+MAX_PREFIXES = 512
+
+
+def _query_groups(queries: list[str], limit: int) -> list[list[int]]:
+    """Pair indices grouped so each group holds at most ``limit`` distinct queries (all of a query's pairs in one)."""
+    by_query: dict[str, list[int]] = {}
+    for i, q in enumerate(queries):
+        by_query.setdefault(q, []).append(i)
+    groups = [[]]
+    for n, idx in enumerate(by_query.values()):
+        if n and n % limit == 0:
+            groups.append([])
+        groups[-1].extend(idx)
+    return groups
 
 
 # ---------------------------------------------------------------- building decoder rungs

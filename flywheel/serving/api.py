@@ -58,7 +58,8 @@ async def read_json(receive_body, content_length: str | None, max_bytes: int) ->
     """The body as JSON, refused with 413 past ``max_bytes`` — from the Content-Length header before reading,
     or while streaming a chunked body — and 400 when it is not JSON. An oversized body is not kept: it is read
     and dropped (up to ``DRAIN_LIMIT``) so the client, still sending, gets the 413 instead of a reset connection."""
-    declared = int(content_length) if content_length is not None and content_length.isdigit() else None
+    declared = (int(content_length) if content_length is not None and content_length.isascii()
+                and content_length.isdigit() else None)
     chunks, size = [], 0
     async for chunk in receive_body():
         size += len(chunk)
@@ -76,11 +77,18 @@ async def read_json(receive_body, content_length: str | None, max_bytes: int) ->
                                 '"text": "…"}]}')
     try:
         return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise RequestError(400, f"body is not valid JSON: {exc}") from None
+    except (ValueError, RecursionError) as exc:      # JSONDecodeError, bad UTF-8, a 5,000-digit number, deep nesting
+        raise RequestError(400, f"body is not valid JSON: {str(exc)[:200]}") from None
 
 
-def parse(model: type[BaseModel], data: Any) -> BaseModel:
+def parse(model: type[BaseModel], data: Any, max_documents: int | None = None) -> BaseModel:
+    """``data`` validated as ``model``; a list of documents over ``max_documents`` is refused before validation
+    (validating 100,000 documents would hold the event loop for a good part of a second)."""
+    if max_documents is not None and isinstance(data, dict):
+        docs = data.get("documents") if data.get("documents") is not None else data.get("texts")
+        if isinstance(docs, list) and len(docs) > max_documents:
+            raise RequestError(422, f"{len(docs)} documents exceed the limit of {max_documents} per request "
+                                    "(serving.max_documents): split the request")
     try:
         return model.model_validate(data)
     except ValidationError as exc:
@@ -110,6 +118,12 @@ def check_limits(query: str, titles: list[str], texts: list[str], settings) -> N
                                     "max_length tokens, so cut the document before sending it")
     if "\x00" in query or any("\x00" in t or "\x00" in x for t, x in zip(titles, texts)):
         raise RequestError(422, "a field contains a NUL character (\\u0000)")
+    for name, value in [("query", query)] + [(f"documents[{i}]", t + x) for i, (t, x) in
+                                             enumerate(zip(titles, texts))]:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise RequestError(422, f"{name} contains a lone surrogate (such as \\ud800): not text") from None
 
 
 def score_inputs(req: ScoreRequest) -> tuple[list[str], list[str]]:

@@ -66,7 +66,10 @@ class Job:
         def _set():
             if not self.future.done():
                 self.future.set_exception(error) if error is not None else self.future.set_result(value)
-        self.loop.call_soon_threadsafe(_set)
+        try:
+            self.loop.call_soon_threadsafe(_set)
+        except RuntimeError:               # the event loop has closed: nobody is waiting any more
+            pass
 
 
 class Batcher:
@@ -83,6 +86,7 @@ class Batcher:
         self._cond = threading.Condition()
         self._stopping = False
         self._rate = 0.0                             # items/s of recent batches, for Retry-After
+        self._last_model = None
         self._thread = threading.Thread(target=self._run, name="flywheel-batcher", daemon=True)
 
     def start(self) -> "Batcher":
@@ -108,7 +112,7 @@ class Batcher:
 
     def submit(self, job: Job) -> None:
         with self._cond:
-            if self._stopping:
+            if self._stopping or (self._thread.ident is not None and not self._thread.is_alive()):
                 raise Draining("the service is shutting down")
             rate = self.rate()
             wait = (self._queued_items + job.n) / rate if rate > 0 else 0.0
@@ -157,16 +161,26 @@ class Batcher:
             return jobs
 
     def _run(self) -> None:
-        while (jobs := self._take()) is not None:
-            now = time.monotonic()
-            live = []
-            for j in jobs:
-                if j.cancelled or now > j.deadline:
-                    j.resolve(error=TimeoutError("the request's deadline passed while it waited in the queue"))
-                else:
-                    live.append(j)
-            if live:
-                self._score(live)
+        try:
+            while (jobs := self._take()) is not None:
+                now = time.monotonic()
+                live = []
+                for j in jobs:
+                    if j.cancelled or now > j.deadline:
+                        j.resolve(error=TimeoutError("the request's deadline passed while it waited in the queue"))
+                    else:
+                        live.append(j)
+                if live:
+                    self._score(live)
+        except BaseException:              # never silently: fail what waits, and say so on /health
+            log.exception("the batching thread stopped")
+            with self._cond:
+                self._stopping = True
+                waiting, self._queued_items = list(self._queue), 0
+                self._queue.clear()
+            for j in waiting:
+                j.resolve(error=Draining("the batching thread stopped"))
+            raise
 
     def _score(self, jobs: list[Job]) -> None:
         served = self.get_model()
@@ -174,16 +188,22 @@ class Batcher:
             for j in jobs:
                 j.resolve(error=NoModel("no model is loaded"))
             return
+        if served is not self._last_model:   # another model (a swap): its speed is measured afresh
+            self._rate, self._last_model = 0.0, served
         queries = [q for j in jobs for q in j.queries]
         titles = [t for j in jobs for t in j.titles]
         texts = [x for j in jobs for x in j.texts]
         t0 = time.perf_counter()
         try:
             scores = served.score(queries, titles, texts)
-        except Exception as exc:       # a bad batch fails its requests, never the thread
-            log.exception("scoring a batch of %d pairs failed", len(queries))
-            for j in jobs:
-                j.resolve(error=exc)
+        except Exception as exc:
+            if len(jobs) > 1:                # one bad request (or an out-of-memory batch) must not fail the others
+                log.warning("a batch of %d requests failed (%s): scoring them one by one", len(jobs), exc)
+                for j in jobs:
+                    self._score([j])
+                return
+            log.exception("scoring a request of %d pairs failed", len(queries))
+            jobs[0].resolve(error=exc)
             return
         dt = time.perf_counter() - t0
         self._rate = len(queries) / dt if self._rate == 0 else 0.8 * self._rate + 0.2 * len(queries) / dt
@@ -192,10 +212,14 @@ class Batcher:
         self.metrics.items.inc(len(queries))
         s = 0
         for j in jobs:
-            tokens = None
-            if j.count_tokens:
-                from models.ranker import input_lengths
+            try:
+                tokens = None
+                if j.count_tokens:
+                    from models.ranker import input_lengths
 
-                tokens = int(sum(input_lengths(served.tokenizer, served.contract, j.queries, j.titles, j.texts)[1]))
-            j.resolve((scores[s:s + j.n], served, tokens))
+                    tokens = int(sum(input_lengths(served.tokenizer, served.contract, j.queries, j.titles,
+                                                   j.texts)[1]))
+                j.resolve((scores[s:s + j.n], served, tokens))
+            except Exception as exc:
+                j.resolve(error=exc)
             s += j.n

@@ -3,7 +3,8 @@
 ``flywheel serve`` (or ``python -m flywheel.serving.launch``) runs uvicorn on the app of
 flywheel.serving.service. With ``--devices cuda:0,cuda:1,…`` this process binds the port once and starts one
 worker process per device, each seeing only its GPU (``CUDA_VISIBLE_DEVICES``) and accepting connections from the
-shared socket, so the kernel spreads connections over the GPUs; ``/metrics`` from any of them sums all of them
+shared socket, so the kernel spreads connections (not requests: a client holding one keep-alive connection stays
+on one worker) over the GPUs; ``/metrics`` from any of them sums all of them
 (prometheus-client's multiprocess mode). A worker that dies is started again; SIGTERM is passed on to every
 worker, which stops accepting, finishes the requests it holds (``serving.drain_s``) and exits.
 """
@@ -29,7 +30,7 @@ def settings_from(args):
 
     base = load_config(args.config).serving if args.config else ServingConfig()
     over = json.loads(args.settings) if args.settings else {}
-    for key in ("device", "dtype", "max_batch_items", "max_wait_ms"):
+    for key in ("device", "dtype", "max_batch_items", "max_wait_ms", "forward_batch"):
         if getattr(args, key) is not None:
             over[key] = getattr(args, key)
     return ServingConfig.model_validate(base.model_dump() | over)
@@ -50,6 +51,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--dtype", help="auto | float32 | bfloat16 | float16")
     ap.add_argument("--max-batch-items", type=int, help="pairs per batch across requests (0: batching off)")
     ap.add_argument("--max-wait-ms", type=float, help="how long a batch waits to fill")
+    ap.add_argument("--forward-batch", type=int, help="pairs per forward pass inside a batch")
     ap.add_argument("--devices", help="one worker process per device behind one port, e.g. cuda:0,cuda:1")
     ap.add_argument("--fd", type=int, help=argparse.SUPPRESS)      # a worker: accept on this inherited socket
     return ap
@@ -68,7 +70,16 @@ def run_one(args, settings) -> None:
     # uvicorn drains on SIGTERM, restores the handler it found and raises the signal again: exit 0 after a drain
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     where = {"fd": args.fd} if args.fd is not None else {"host": args.host, "port": args.port}
-    uvicorn.run(app, log_level="warning", timeout_graceful_shutdown=int(settings.drain_s) or None, **where)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=settings.drain_s,
+                                           **where))
+    stop = server.handle_exit
+
+    def handle_exit(sig, frame):           # /ready says 503 from the signal on, while requests in flight finish
+        app.state.begin_drain()
+        stop(sig, frame)
+
+    server.handle_exit = handle_exit
+    server.run()
 
 
 def run_replicas(args, settings, devices: list[str]) -> int:
@@ -94,6 +105,7 @@ def run_replicas(args, settings, devices: list[str]) -> int:
     def on_signal(signum, _frame):
         nonlocal stopping
         stopping = True
+        sock.close()                       # no new connections queue up in a backlog nobody will accept from
         for p in procs.values():
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
@@ -103,16 +115,24 @@ def run_replicas(args, settings, devices: list[str]) -> int:
     signal.signal(signal.SIGINT, on_signal)
     print(f"serving {args.model}@{args.alias} on {args.host}:{args.port} with {len(devices)} workers: "
           + ", ".join(f"{devices[i]} (pid {p.pid})" for i, p in procs.items()), flush=True)
+    restarts = {i: 0 for i in procs}
+    next_start = {i: 0.0 for i in procs}
     while True:
         time.sleep(0.5)
         for i, p in list(procs.items()):
-            if p.poll() is not None and not stopping:
+            if p.poll() is not None and not stopping and time.time() >= next_start[i]:
                 multiprocess.mark_process_dead(p.pid, metrics_dir)    # its live gauges leave /metrics
-                print(f"worker on {devices[i]} (pid {p.pid}) exited with {p.returncode}; starting it again",
-                      flush=True)
+                restarts[i] += 1
+                delay = min(60.0, 0.5 * 2 ** min(restarts[i], 7))      # a worker that keeps dying backs off
+                print(f"worker on {devices[i]} (pid {p.pid}) exited with {p.returncode}; starting it again "
+                      f"(restart {restarts[i]}; next no sooner than {delay:.0f}s)", flush=True)
                 procs[i] = start(devices[i])
+                next_start[i] = time.time() + delay
         if stopping:
-            deadline = time.time() + settings.drain_s + 10
+            for p in procs.values():       # again: a worker started while the signal arrived has not had it
+                if p.poll() is None:
+                    p.send_signal(signal.SIGTERM)
+            deadline = time.time() + 2 * settings.drain_s + 10
             for p in procs.values():
                 try:
                     p.wait(max(0.1, deadline - time.time()))

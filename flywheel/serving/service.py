@@ -153,6 +153,12 @@ def create_app(model_name: str, alias: str = "champion", settings=None, token: s
     app.add_middleware(Observe, metrics=metrics)
     app.state.holder, app.state.batcher, app.state.metrics = holder, batcher, metrics
 
+    def begin_drain():
+        state["draining"] = True
+        metrics.ready.set(0)
+
+    app.state.begin_drain = begin_drain
+
     def error(status: int, message: str, headers: dict | None = None):
         return JSONResponse({"detail": message}, status_code=status, headers=headers)
 
@@ -177,6 +183,9 @@ def create_app(model_name: str, alias: str = "champion", settings=None, token: s
             job.cancelled = True
             raise TimeoutError(f"not scored within the service's deadline of {settings.timeout_s}s "
                                "(serving.timeout_s)") from None
+        except asyncio.CancelledError:        # the client went away or shutdown gave up: do not score it
+            job.cancelled = True
+            raise
 
     async def scored(request: Request, kind: str):
         if (denied := unauthorised(request)) is not None:
@@ -189,10 +198,10 @@ def create_app(model_name: str, alias: str = "champion", settings=None, token: s
             data = await api.read_json(request.stream, request.headers.get("content-length"),
                                        settings.max_body_bytes)
             if kind == "score":
-                req = api.parse(api.ScoreRequest, data)
+                req = api.parse(api.ScoreRequest, data, settings.max_documents)
                 titles, texts = api.score_inputs(req)
             else:
-                req = api.parse(api.RerankRequest, data)
+                req = api.parse(api.RerankRequest, data, settings.max_documents)
                 titles, texts = api.rerank_inputs(req)
             api.check_limits(req.query, titles, texts, settings)
             scores, served, tokens = await run_job([req.query] * len(titles), titles, texts, kind == "rerank")

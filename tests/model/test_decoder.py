@@ -102,7 +102,7 @@ def test_shared_prefix_scores_the_same_when_a_query_splits_into_length_buckets(t
     np.testing.assert_allclose(shared, alone, atol=1e-4)
 
 
-def test_many_queries_in_one_batch_score_as_each_query_alone_with_the_same_tokens(tiny, golden):
+def test_many_queries_in_one_batch_score_as_each_query_alone_with_the_same_tokens(tiny, golden, monkeypatch):
     """The shared-prefix scorer batches documents of different queries together (the service's dynamic batches):
     each row reads its own query's prefix cache with the other prefixes' padding masked. Tokens equal the
     contract's layout (``segments``) pair by pair, documents cut to fit included; scores equal each query scored
@@ -128,6 +128,8 @@ def test_many_queries_in_one_batch_score_as_each_query_alone_with_the_same_token
     whole = score_pairs(model, tok, contract, q, t, x, shared_prefix=False)
     np.testing.assert_allclose(together, alone, atol=1e-4)
     np.testing.assert_allclose(together, whole, atol=1e-4)
+    monkeypatch.setattr(dec, "MAX_PREFIXES", 7)                      # an offline call too big for one cache
+    np.testing.assert_allclose(score_pairs(model, tok, contract, q, t, x, batch_size=32), together, atol=1e-4)
 
 
 def test_saved_ranker_loads_by_contract_and_scores_the_same(tmp_path, tiny):

@@ -129,6 +129,9 @@ def test_bad_input_gets_its_4xx_before_any_scoring_and_the_service_stays_ready(m
         ({"query": "crime", "documents": [{"title": "x", "text": "a" * 20_000_000}]}, 413, "max_body_bytes"),
         ({"query": "crime", "documents": [{"title": "x", "text": "a" * 5000}]}, 422, "max_field_chars"),
         ({"query": "crime", "documents": [{"title": "x\x00y"}]}, 422, "NUL"),
+        (b'{"query": "crime", "documents": [{"title": "a\\ud800b"}]}', 422, "lone surrogate"),
+        (b'{"query": "crime", "documents": [{"title": "x"}], "n": ' + b"9" * 5000 + b"}", 400, "not valid JSON"),
+        (b"[" * 100_000 + b"]" * 100_000, 400, "not valid JSON"),
     ]
     import json
 
@@ -144,7 +147,7 @@ def test_bad_input_gets_its_4xx_before_any_scoring_and_the_service_stays_ready(m
         r = client.post("/score", content=json.dumps({"query": "crime", "documents": [doc]}),
                         headers={"Content-Type": "application/x-www-form-urlencoded"})
         assert r.status_code == 200 and len(r.json()["scores"]) == 1
-        assert metric(client, "flywheel_errors_total", code="422") == 7
+        assert metric(client, "flywheel_errors_total", code="422") == 8
         assert metric(client, "flywheel_errors_total", code="413") == 2
 
 
@@ -210,20 +213,43 @@ def test_a_full_queue_answers_503_with_retry_after_and_a_passed_deadline_504_nev
     with serving(name, max_batch_items=0, max_queue_items=6, timeout_s=0.8) as (client, app):
         holder = app.state.holder
         fast = holder.current
+        holder.current = Slow(fast, 1.0)                  # one batch outlasts the deadline: a lone request → 504
+        late = client.post("/score", json=body)
+        assert late.status_code == 504 and "serving.timeout_s" in late.json()["detail"]
         holder.current = Slow(fast, 0.3)
         with ThreadPoolExecutor(12) as ex:
             answers = list(ex.map(lambda _: client.post("/score", json=body), range(12)))
         codes = sorted(r.status_code for r in answers)
-        assert set(codes) == {200, 503, 504}, codes
+        assert set(codes) <= {200, 503, 504} and 200 in codes and 503 in codes, codes
         full = [r for r in answers if r.status_code == 503]
-        assert all(int(r.headers["Retry-After"]) >= 1 and ("queue is full" in r.json()["detail"] or "at capacity" in r.json()["detail"]) for r in full)
-        assert all("serving.timeout_s" in r.json()["detail"] for r in answers if r.status_code == 504)
+        assert all(int(r.headers["Retry-After"]) >= 1 and ("queue is full" in r.json()["detail"] or "at capacity"
+                                                           in r.json()["detail"]) for r in full)
         holder.current = fast
         assert client.post("/score", json=body).status_code == 200
         assert client.get("/ready").status_code == 200 and client.get("/health").status_code == 200
         assert metric(client, "flywheel_requests_total", endpoint="/score", code="503") == codes.count(503)
-        assert metric(client, "flywheel_errors_total", code="504") == codes.count(504)
+        assert metric(client, "flywheel_errors_total", code="504") == codes.count(504) + 1
         assert metric(client, "flywheel_queue_items") == 0
+
+
+class Boom(Slow):
+    """The served model, failing any batch that holds the query 'boom'."""
+
+    def score(self, q, t, x):
+        if "boom" in q:
+            raise RuntimeError("this input breaks the model")
+        return super().score(q, t, x)
+
+
+def test_a_request_that_breaks_the_model_fails_alone_not_the_requests_batched_with_it(models, bodies):
+    name, _ = models["encoder"]
+    with serving(name, max_wait_ms=300) as (client, app):
+        app.state.holder.current = Boom(app.state.holder.current, 0.0)
+        bad = {"query": "boom", "documents": [{"title": "x"}]}
+        with ThreadPoolExecutor(6) as ex:
+            answers = list(ex.map(lambda b: client.post("/score", json=b), bodies[:5] + [bad]))
+        assert [r.status_code for r in answers] == [200] * 5 + [500]
+        assert metric(client, "flywheel_batch_items_count") >= 1 and client.get("/health").status_code == 200
 
 
 def test_bearer_token_is_required_and_never_appears_in_metrics_or_logs(models, caplog):
@@ -290,7 +316,7 @@ def test_the_alias_moves_under_load_without_a_failed_or_mixed_request(models, bo
 
         MlflowClient().set_model_version_tag(name, v2, "previous_champion", v1)
         assert CliRunner().invoke(cli, ["rollback", "--model", name]).exit_code == 0
-        assert client.post("/reload").json() == {"version": v1, "changed": True}
+        assert client.post("/reload").json()["version"] == v1      # (the poller may have found it first)
         time.sleep(0.5)
         stop.set()
         for t in threads:
