@@ -52,10 +52,24 @@ def matmul_peak(seconds: float = 3.0, dtype=None) -> float:
     return best
 
 
-def build_model(name: str, paths):
+def random_lm(name: str, tok):
+    """A causal LM with random weights for speed measurements: the Qwen3-0.6B shape (``qwen3-0.6b``) or a tiny
+    preset of ``models.decoder.TINY_QWEN3``, over ``tok``'s vocabulary (0.6B: Qwen3's own vocabulary size)."""
     import torch
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
+    from models import decoder as dec
+
+    if name != "qwen3-0.6b":
+        return dec.build_tiny_qwen3(tok, name)
+    cfg = Qwen3Config(vocab_size=151936, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
+                      num_attention_heads=16, num_key_value_heads=8, head_dim=128, tie_word_embeddings=True,
+                      pad_token_id=tok.pad_token_id, max_position_embeddings=2048)
+    torch.manual_seed(0)
+    return Qwen3ForCausalLM(cfg).eval()
+
+
+def build_model(name: str, paths):
     from models import decoder as dec
     from models.decoder import decoder_contract
 
@@ -69,14 +83,7 @@ def build_model(name: str, paths):
 
         g = load_golden()
         tok = dec.train_bpe_tokenizer((g.documents.title + ". " + g.documents.text).tolist() + g.queries.text.tolist())
-        if name == "qwen3-0.6b":     # the Qwen3-0.6B shape (random weights: speed only)
-            cfg = Qwen3Config(vocab_size=151936, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
-                              num_attention_heads=16, num_key_value_heads=8, head_dim=128, tie_word_embeddings=True,
-                              pad_token_id=tok.pad_token_id, max_position_embeddings=2048)
-            torch.manual_seed(0)
-            lm = Qwen3ForCausalLM(cfg).eval()
-        else:
-            lm = dec.build_tiny_qwen3(tok, name)
+        lm = random_lm(name, tok)
         contract = decoder_contract(tok, max_length=160)
     return dec.DecoderRanker(lm, contract.yes_token_id, contract.no_token_id).eval(), tok, contract
 

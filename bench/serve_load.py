@@ -45,9 +45,6 @@ def build_and_register(model: str, home: Path, dtype: str = "float32", compress_
         m, tok = build_cross_encoder([0, 2, 5])
         contract = ScoringContract(max_length=128, dtype=dtype)
     else:
-        import torch
-        from transformers import Qwen3Config, Qwen3ForCausalLM
-
         from flywheel.data.golden import load_golden
         from models import decoder as dec
 
@@ -56,15 +53,9 @@ def build_and_register(model: str, home: Path, dtype: str = "float32", compress_
         extra = {"compression": "fields", "doc_fields": ("title", "text"), "doc_budget": compress_to} if compress_to \
             else {}
         contract = dec.decoder_contract(tok, max_length=160, dtype=dtype, **extra)
-        if model == "qwen3-0.6b":     # the Qwen3-0.6B shape, random weights (speed only)
-            cfg = Qwen3Config(vocab_size=151936, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
-                              num_attention_heads=16, num_key_value_heads=8, head_dim=128, tie_word_embeddings=True,
-                              pad_token_id=tok.pad_token_id, max_position_embeddings=2048)
-            torch.manual_seed(0)
-            lm = Qwen3ForCausalLM(cfg).eval()
-        else:
-            lm = dec.build_tiny_qwen3(tok, model)
-        m = dec.DecoderRanker(lm, contract.yes_token_id, contract.no_token_id)
+        from scoring import random_lm
+
+        m = dec.DecoderRanker(random_lm(model, tok), contract.yes_token_id, contract.no_token_id)
     if dtype == "bfloat16":                          # half the bytes to save, register and load
         import torch
 
