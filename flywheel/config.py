@@ -298,6 +298,9 @@ class FlywheelConfig(BaseModel):
     registered_model: str = "flywheel-ranker"
     serve_port: int = Field(8765, ge=1024, le=65535)
     serving: ServingConfig = ServingConfig()
+    # the labelling flow triggers the retraining deployment once more than this many usable labels arrived
+    # since the last training (prefect.yaml; the weekly schedule retrains in any case)
+    retrain_after_labels: int = Field(500, ge=0)
     seed: int = 0
 
     def resolve(self, rel: str) -> Path:

@@ -21,8 +21,9 @@ def setup_mlflow(paths: Paths, experiment: str = "flywheel"):
 
     mlflow.set_tracking_uri(paths.mlflow_uri)
     exp = mlflow.get_experiment_by_name(experiment)
-    if exp is None:
-        mlflow.create_experiment(experiment, artifact_location=paths.mlflow_artifacts.as_uri() + f"/{experiment}")
+    if exp is None:     # a tracking server places artifacts itself (proxied: the client needs no path to them)
+        location = None if paths.remote_tracking else paths.mlflow_artifacts.as_uri() + f"/{experiment}"
+        mlflow.create_experiment(experiment, artifact_location=location)
     mlflow.set_experiment(experiment)
     return mlflow
 
