@@ -69,3 +69,27 @@ def artifact(key: str, markdown: str, description: str = "") -> None:
     from prefect.artifacts import create_markdown_artifact
 
     create_markdown_artifact(key=key, markdown=markdown, description=description)
+
+
+SECRET_BLOCKS = {"OPENAI_API_KEY": "openai-api-key", "FLYWHEEL_SCORER_TOKEN": "flywheel-scorer-token"}
+
+
+def resolve_secrets(*names: str) -> dict:
+    """Each secret from the process environment, else from the Prefect ``Secret`` block of SECRET_BLOCKS (a team's
+    stack keeps them in Prefect, encrypted at rest). The value goes into this process's environment only — never
+    into a parameter, a result, a log line or an artifact. Returns where each came from (names, not values)."""
+    import os
+
+    from prefect.blocks.system import Secret
+
+    found = {}
+    for name in names:
+        if os.environ.get(name):
+            found[name] = "environment"
+            continue
+        try:
+            os.environ[name] = Secret.load(SECRET_BLOCKS[name]).get()
+            found[name] = f"secret block {SECRET_BLOCKS[name]}"
+        except ValueError:              # no such block: the library says what is missing when it needs it
+            found[name] = "missing"
+    return found

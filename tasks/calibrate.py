@@ -5,11 +5,13 @@ from prefect import task
 from flywheel.config import FlywheelConfig
 from flywheel.judge import calibrate as lib
 from flywheel.serving import registry
-from tasks._common import artifact, content_key, markdown_table, paths, progress
+from tasks._common import artifact, content_key, markdown_table, paths, progress, resolve_secrets
 
 
 @task(name="calibrate-judge", retries=1, retry_delay_seconds=1, cache_key_fn=content_key, persist_result=True)
 def calibrate_judge(cfg: FlywheelConfig, policy_version: str, golden_hash: str, documents_fp: str) -> dict:
+    if cfg.judge.backend == "openai":
+        resolve_secrets("OPENAI_API_KEY")
     with progress("judge features (golden set)", None) as advance:
         summary = lib.calibrate(cfg, paths(), progress=advance)
     summary["mlflow_run_id"] = registry.log_calibration(summary, paths())

@@ -6,12 +6,13 @@ from flywheel.config import FlywheelConfig
 from flywheel.data.golden import load_golden
 from flywheel.evaluation import report as report_lib
 from flywheel.serving import deploy as lib
-from tasks._common import artifact, paths
+from tasks._common import artifact, paths, resolve_secrets
 
 
 @task(name="deploy-scoring-service", retries=1, retry_delay_seconds=2)
 def deploy(promotion: dict, rungs: dict, registered: dict, cfg: FlywheelConfig, keep_running: bool = False,
            deployable: str = "student_pruned") -> dict:
+    resolve_secrets("FLYWHEEL_SCORER_TOKEN")     # the smoke test's service asks for it when the team set one
     test = load_golden(cfg.resolve(cfg.golden)).pairs("test")
     sample = test[test.query_id.isin(sorted(test.query_id.unique())[:8])]
     return lib.deploy_champion(cfg.registered_model, promotion["champion"], registered[deployable]["version"],

@@ -5,7 +5,7 @@ from prefect import task
 from flywheel.config import FlywheelConfig
 from flywheel.labeling import candidates
 from flywheel.labeling import daily as lib
-from tasks._common import artifact, content_key, paths, progress
+from tasks._common import artifact, content_key, paths, progress, resolve_secrets
 
 
 @task(name="add-pseudo-queries", retries=2, retry_delay_seconds=1, cache_key_fn=content_key, persist_result=True)
@@ -26,6 +26,8 @@ def retrieve_candidates(date: str, cfg: FlywheelConfig, queries_fp: str, documen
 
 @task(name="label-candidates", retries=2, retry_delay_seconds=1, cache_key_fn=content_key, persist_result=True)
 def label_candidates(date: str, calibration: dict, cfg: FlywheelConfig, candidates_fp: str) -> dict:
+    if cfg.judge.backend == "openai":
+        resolve_secrets("OPENAI_API_KEY")
     pending = len(lib.pending_pairs(date, calibration["judge_version"], paths())) if calibration["gate"]["passed"] else None
     with progress(f"labelling {date}", pending) as advance:
         out = lib.label_candidates(date, calibration, cfg, paths(), progress=advance)
@@ -37,6 +39,8 @@ def label_candidates(date: str, calibration: dict, cfg: FlywheelConfig, candidat
 @task(name="label-shard", retries=2, retry_delay_seconds=1, cache_key_fn=content_key, persist_result=True)
 def label_shard(date: str, calibration: dict, cfg: FlywheelConfig, candidates_fp: str, shard: int, n_shards: int) -> dict:
     """One shard of the day's labelling (the queries with ``shard_of(query) == shard``); runs on any task runner."""
+    if cfg.judge.backend == "openai":
+        resolve_secrets("OPENAI_API_KEY")
     return lib.label_candidates(date, calibration, cfg, paths(), shard=shard, n_shards=n_shards)
 
 
@@ -62,3 +66,23 @@ def partition_key(context, parameters: dict) -> str:
 @task(name="validate-labels", retries=0, cache_key_fn=partition_key, persist_result=True)
 def validate_labels(date: str, labels_fp: str) -> dict:
     return lib.validate_labels(date, paths())
+
+
+@task(name="check-retraining", retries=2, retry_delay_seconds=1)
+def check_retraining(judge_version: str, cfg: FlywheelConfig, config: str) -> dict:
+    """Not cached: counts the labels now. When more than ``retrain_after_labels`` arrived since the last training,
+    emits ``flywheel.retraining.due``, the event the ``retraining`` deployment's trigger (prefect.yaml) answers."""
+    from prefect.events import emit_event
+
+    from flywheel.labeling import retraining
+
+    snap = retraining.labels_snapshot(judge_version, paths())
+    out = retraining.retraining_due(snap, retraining.last_training(paths()), cfg.retrain_after_labels)
+    if out["due"]:
+        emit_event(event="flywheel.retraining.due",
+                   resource={"prefect.resource.id": f"flywheel.labels.{cfg.registered_model}",
+                             "prefect.resource.name": cfg.registered_model},
+                   payload={"config": config, "judge_version": judge_version, "new_labels": out["new_labels"],
+                            "labels_fingerprint": snap["fingerprint"]})
+    artifact("retraining-due", f"**Retraining {'due' if out['due'] else 'not due'}**: {out['reason']}.")
+    return out | {"snapshot": snap}

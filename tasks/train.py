@@ -89,3 +89,19 @@ def compress_student(student: dict, form: str, size: int, judge_version: str, cf
 
     with progress(f"distil {student['rung']} → {form} compression ({size})", None) as advance:
         return compression.compress_student(student, form, size, judge_version, cfg, paths(), progress=advance)
+
+
+@task(name="labels-snapshot", retries=2, retry_delay_seconds=1)
+def labels_snapshot(judge_version: str) -> dict:
+    """Not cached: what the lake holds for the judge now; its fingerprint keys the teacher's cache."""
+    from flywheel.labeling import retraining
+
+    return retraining.labels_snapshot(judge_version, paths())
+
+
+@task(name="record-training", retries=2, retry_delay_seconds=1)
+def record_training(snapshot: dict, date: str, champion: int | None) -> dict:
+    """After registration: the labels this training used, so the labelling flow counts new labels from here."""
+    from flywheel.labeling import retraining
+
+    return retraining.record_training(snapshot, paths(), trained_at=date, champion=champion)

@@ -64,3 +64,27 @@ def test_a_config_extends_another_and_says_only_what_differs(tmp_path):
     (tmp_path / "c.yaml").write_text("extends: missing.yaml\n")
     with pytest.raises(FileNotFoundError, match="missing.yaml"):
         load_config(tmp_path / "c.yaml")
+
+
+def test_prefect_yaml_declares_the_team_schedules_triggers_and_limits():
+    """The labelling and retraining deployments run on their own schedules; retraining is also triggered by the
+    event the labelling task emits (same name, a resource the trigger matches, a parameter the flow takes) and
+    runs one at a time; the policy preview is on demand."""
+    import fnmatch
+
+    import yaml
+    from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
+
+    deps = {d["name"]: d for d in yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]}
+    assert {"daily-labelling", "retraining", "policy-preview", "daily"} <= set(deps)
+    assert deps["daily-labelling"]["schedules"][0]["cron"] == "0 2 * * *"
+    assert deps["retraining"]["schedules"][0]["cron"] == "0 4 * * 0"           # weekly by default
+    assert "schedules" not in deps["policy-preview"]
+    assert deps["retraining"]["concurrency_limit"] == {"limit": 1, "collision_strategy": "ENQUEUE"}
+    (trigger,) = deps["retraining"]["triggers"]
+    parsed = DeploymentEventTrigger(**{k: v for k, v in trigger.items() if k != "type"})
+    source = (ROOT / "tasks" / "label.py").read_text()
+    (event,) = parsed.expect
+    assert f'event="{event}"' in source, "the trigger waits for an event the labelling task never emits"
+    assert fnmatch.fnmatch("flywheel.labels.flywheel-ranker", trigger["match"]["prefect.resource.id"])
+    assert set(trigger["parameters"]) <= {"config", "date", "keep_serving"}
