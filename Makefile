@@ -6,11 +6,11 @@ STAMP := $(VENV)/.installed
 PY := $(VENV)/bin/python
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test test-fast lock serve ui-prefect ui-mlflow clean-home help judge-gate-llm
+.PHONY: demo test test-fast lock serve ui-prefect ui-mlflow clean-home help judge-gate-llm system-deps
 
 help:
 	@echo "make demo   - run the whole daily flywheel offline on the bundled data (about 14 min cold, under a minute warm)"
-	@echo "make test   - run the whole test suite"
+	@echo "make test   - run the whole test suite (installs Debian's postgresql first when missing)"
 	@echo "make serve  - serve models:/flywheel-ranker@champion on 127.0.0.1:8765"
 	@echo "make judge-gate-llm - calibrate SmolLM2-135M behind llama.cpp's OpenAI server; the gate blocks it"
 	@echo "make ui-mlflow / ui-prefect - open the MLflow / Prefect UIs on the flywheel home"
@@ -24,8 +24,21 @@ $(STAMP): requirements.lock pyproject.toml
 demo: $(STAMP)
 	$(PY) -m flows.daily --config configs/demo.yaml
 
-test: $(STAMP)
+test: $(STAMP) system-deps
 	$(PY) -m pytest
+
+# Debian packages the stack test needs (tests/stack: a real PostgreSQL server), installed only when missing.
+# The package would create and start a cluster of its own on port 5432: the test makes throwaway ones instead.
+system-deps:
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian's postgresql (tests/stack needs a real PostgreSQL server)"; \
+	    mkdir -p /etc/postgresql-common && echo "create_main_cluster = false" > /etc/postgresql-common/createcluster.conf; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null; \
+	  else \
+	    echo "PostgreSQL server binaries are missing: install Debian's postgresql package (tests/stack needs it)"; \
+	  fi; \
+	fi
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow"
