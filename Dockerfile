@@ -29,6 +29,7 @@ RUN pip install --no-cache-dir --no-deps --no-build-isolation . && rm -rf build 
 # What the flows read at run time from the repository root (FLYWHEEL_REPO=/app): deployments, configs, policies,
 # the golden set. No .env and nothing secret: .dockerignore keeps them out of the build context too.
 COPY prefect.yaml ./
+COPY docker/prefect ./docker/prefect
 COPY configs ./configs
 COPY policies ./policies
 COPY golden_data ./golden_data

@@ -6,7 +6,7 @@ from flywheel.data.golden import seed_golden as seed
 from flywheel.data.lake import open_lake
 from flywheel.judge.policy import ingest_policy as ingest
 from flywheel.config import FlywheelConfig
-from tasks._common import artifact, content_key, markdown_table, paths
+from tasks._common import artifact, content_key, markdown_table, paths, resolve_secrets
 
 
 @task(name="ingest-policy", retries=2, retry_delay_seconds=1, cache_key_fn=content_key, persist_result=True)
@@ -31,6 +31,8 @@ def preview_policy(old_path: str, new_path: str, old_hash: str, new_hash: str, c
     and after, the gate under each (keyed by both files' content and the judge's config)."""
     from flywheel.judge.policy_diff import policy_impact
 
+    if cfg.judge.backend == "openai":
+        resolve_secrets("OPENAI_API_KEY")
     r = policy_impact(old_path, new_path, cfg, paths())
     rows = [{"agreement": k, "QWK": m["qwk"], "exact": m["exact"], "within one": m["within_one"], "n": m["n"]}
             for k, m in r["agreement"].items()]

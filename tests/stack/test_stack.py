@@ -129,9 +129,11 @@ def stack(tmp_path_factory):
                                  PREFECT_HOME=str(base / "worker-prefect"), FLYWHEEL_HOME=str(shared / "home"),
                                  FLYWHEEL_LAKE=str(shared / "lake"), PREFECT_LOCAL_STORAGE_PATH=str(shared / "results"),
                                  PREFECT_RESULTS_PERSIST_BY_DEFAULT="true", FLYWHEEL_REPO=str(ROOT),
-                                 OPENAI_API_KEY=KEY)
+                                 OPENAI_API_KEY=KEY, PREFECT_FLOWS_HEARTBEAT_FREQUENCY="30")
         _cli([str(BIN / "prefect"), "work-pool", "create", "flywheel", "--type", "process", "--overwrite"], s.cli_env)
         _cli([str(BIN / "prefect"), "--no-prompt", "deploy", "--all"], s.cli_env)
+        _cli([str(BIN / "prefect"), "automation", "create", "--from-file", "docker/prefect/automations.yaml"],
+             s.cli_env)
         s.worker = Service("worker-1", [str(BIN / "prefect"), "worker", "start", "--pool", "flywheel"],
                            s.worker_env, logs)
         s.services.append(s.worker)
@@ -193,6 +195,11 @@ def test_worker_killed_mid_retraining_then_a_new_worker_resumes_from_the_shared_
     for name in ("plan-ladder", "labels-snapshot"):         # the two uncached tasks before training: they read now
         done_before.pop(name, None)
     assert all(cached[t] >= n for t, n in done_before.items()), (done_before, s.api.task_runs(rerun))
+    # the killed run's heartbeats stopped: the zombie automation (docker/prefect/automations.yaml) marks it Crashed
+    deadline = time.monotonic() + 180
+    while (state := s.api.state(s.triggered)) != "CRASHED" and time.monotonic() < deadline:
+        time.sleep(2)
+    assert state == "CRASHED", f"the killed run is still {state}"
     counts = dict(s.pg.query("mlflow", "SELECT name, count(*) FROM model_versions GROUP BY name"))
     assert counts and set(counts.values()) == {1}, f"registered twice: {counts}"
     assert len(_labels(s, D1)) == s.d1_labels                           # nothing labelled again
@@ -263,7 +270,7 @@ def test_postgres_restart_mid_labelling_loses_and_duplicates_no_label(stack):
     paid = s.base / "stack_openai.yaml"
     paid.write_text(f"extends: {s.config}\nretrain_after_labels: 1000000\n"
                     f"judge: {{backend: openai, openai_base_url: '{s.stub_url}', openai_model: stub, "
-                    f"max_in_flight: 2, min_qwk: 0.0}}\n")
+                    f"max_in_flight: 2, min_qwk: 0.0, probe_pairs: 0}}\n")
     run = s.api.run("daily-labelling", "daily-labelling", config=str(paid), date=D2)
     stats_url = s.stub_url.removesuffix("/v1") + "/stats"
     deadline = time.monotonic() + 600
@@ -288,6 +295,22 @@ def test_postgres_restart_mid_labelling_loses_and_duplicates_no_label(stack):
     # paid once: after the first label, one request per label still to come, bar the few in flight at the restart
     calls_after = httpx.get(stats_url, timeout=10).json()["calls"] - calls_before
     assert calls_after <= len(labels) - 1 + 2 * 2, (calls_after, len(labels))
+
+
+def test_policy_preview_deployment_shows_a_policy_edits_impact_as_an_artifact(stack):
+    s = stack
+    draft = s.base / "draft_policy.md"             # a product manager's edit: the judge sees titles only
+    text = (ROOT / "policies" / "open_data_search.md").read_text()
+    assert "document_fields: [title, text]" in text
+    draft.write_text(text.replace("document_fields: [title, text]", "document_fields: [title]"))
+    faster = s.base / "stack_preview.yaml"          # the same judge, more requests in flight
+    faster.write_text(f"extends: {s.base / 'stack_openai.yaml'}\njudge: {{max_in_flight: 8}}\n")
+    run = s.api.run("policy-preview", "policy-preview", policy_file=str(draft), config=str(faster))
+    assert s.api.wait(run, 600, s.logs) == "COMPLETED", (s.logs / "worker-2.log").read_text()[-5000:]
+    (data,) = s.pg.query("prefect", "SELECT data::text FROM artifact WHERE key = 'policy-preview' "
+                                    "AND flow_run_id = %s", (run,))[0]
+    assert "document_fields" in data and "golden pair(s) change grade" in data
+    assert "new/test" in data and "old/calibration" in data                # agreement before and after
 
 
 def test_the_api_key_appears_in_no_output_of_the_stack(stack):
