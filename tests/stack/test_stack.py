@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -307,10 +308,17 @@ def test_policy_preview_deployment_shows_a_policy_edits_impact_as_an_artifact(st
     faster.write_text(f"extends: {s.base / 'stack_openai.yaml'}\njudge: {{max_in_flight: 8}}\n")
     run = s.api.run("policy-preview", "policy-preview", policy_file=str(draft), config=str(faster))
     assert s.api.wait(run, 600, s.logs) == "COMPLETED", (s.logs / "worker-2.log").read_text()[-5000:]
-    (data,) = s.pg.query("prefect", "SELECT data::text FROM artifact WHERE key = 'policy-preview' "
+    (data,) = s.pg.query("prefect", "SELECT data #>> '{}' FROM artifact WHERE key = 'policy-preview' "
                                     "AND flow_run_id = %s", (run,))[0]
-    assert "document_fields" in data and "golden pair(s) change grade" in data
-    assert "new/test" in data and "old/calibration" in data                # agreement before and after
+    assert "document_fields" in data                                        # what changed
+    for k in ("old/calibration", "old/test", "new/calibration", "new/test"):  # agreement before and after
+        assert f"| {k} |" in data, k
+    changed = int(re.search(r"## (\d+) golden pair\(s\) change grade", data).group(1))
+    rows = [line.strip().strip("|").rsplit("|", 3)[1:3]          # (old, new): the last columns but one
+            for line in data.split("golden pair(s) change grade")[1].splitlines()
+            if line.startswith("| ") and not line.startswith("| split")]
+    # the stub judge grades by query words found in what it is shown: titles only, fewer hits, never a higher grade
+    assert changed > 0 and rows and all(int(new) <= int(old) for old, new in rows), data[-2000:]
 
 
 def test_the_api_key_appears_in_no_output_of_the_stack(stack):
