@@ -10,7 +10,7 @@ from prefect import unmapped
 
 from flywheel.config import FlywheelConfig
 from tasks import calibrate, deploy, evaluate, label, policy, register, train
-from tasks._common import file_hash, paths
+from tasks._common import file_hash, paths, resolve_secrets
 
 
 class Clock:
@@ -25,6 +25,8 @@ class Clock:
 
 def prerequisites(cfg: FlywheelConfig, clock: Clock) -> dict:
     """Policy → golden set → calibrated judge and its gate (content-keyed tasks: cache hits when nothing changed)."""
+    if cfg.judge.backend == "openai":      # before any task: a cached calibration must not skip it (evaluate needs it)
+        resolve_secrets("OPENAI_API_KEY")
     t = time.perf_counter()
     pol = policy.ingest_policy(str(cfg.resolve(cfg.policy)), file_hash(cfg.resolve(cfg.policy)))
     golden_dir = cfg.resolve(cfg.golden)

@@ -34,9 +34,11 @@ def _jsonable(v):
 
 
 def content_key(context, parameters: dict) -> str:
-    """Cache key: task name + its parameters (content hashes, configs) + code version + flywheel home."""
+    """Cache key: task name + its parameters (content hashes, configs) + code version + where the state lives
+    (the home, the lake and the tracking store: the same run against another MLflow or lake is not a cache hit)."""
     payload = json.dumps({k: _jsonable(v) for k, v in sorted(parameters.items())}, sort_keys=True, default=str)
-    raw = "|".join([context.task.name, payload, code_version(), str(paths().home)])
+    p = paths()
+    raw = "|".join([context.task.name, payload, code_version(), str(p.home), str(p.lake), p.mlflow_uri])
     return hashlib.sha256(raw.encode()).hexdigest()
 
 

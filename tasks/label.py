@@ -71,18 +71,19 @@ def validate_labels(date: str, labels_fp: str) -> dict:
 @task(name="check-retraining", retries=2, retry_delay_seconds=1)
 def check_retraining(judge_version: str, cfg: FlywheelConfig, config: str) -> dict:
     """Not cached: counts the labels now. When more than ``retrain_after_labels`` arrived since the last training,
-    emits ``flywheel.retraining.due``, the event the ``retraining`` deployment's trigger (prefect.yaml) answers."""
+    emits ``flywheel.retraining.due``, the event the ``retraining`` deployment's trigger (prefect.yaml) answers —
+    as the task's last step, so a retry of a failed step before it cannot queue a second retraining."""
     from prefect.events import emit_event
 
     from flywheel.labeling import retraining
 
     snap = retraining.labels_snapshot(judge_version, paths())
     out = retraining.retraining_due(snap, retraining.last_training(paths()), cfg.retrain_after_labels)
+    artifact("retraining-due", f"**Retraining {'due' if out['due'] else 'not due'}**: {out['reason']}.")
     if out["due"]:
         emit_event(event="flywheel.retraining.due",
                    resource={"prefect.resource.id": f"flywheel.labels.{cfg.registered_model}",
                              "prefect.resource.name": cfg.registered_model},
                    payload={"config": config, "judge_version": judge_version, "new_labels": out["new_labels"],
                             "labels_fingerprint": snap["fingerprint"]})
-    artifact("retraining-due", f"**Retraining {'due' if out['due'] else 'not due'}**: {out['reason']}.")
     return out | {"snapshot": snap}

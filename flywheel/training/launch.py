@@ -81,7 +81,7 @@ def run(target: str, kwargs: dict, launch: LaunchSettings, cfg: FlywheelConfig, 
     for stale in [job / "result.json", *job.glob("error-rank*.txt")]:
         stale.unlink(missing_ok=True)
     spec = {"target": target, "kwargs": kwargs, "config": cfg.model_dump(mode="json"), "home": str(paths.home),
-            "launch": launch.model_dump(), "rdzv_id": launch.rdzv_id or job.name}
+            "lake": str(paths.lake), "launch": launch.model_dump(), "rdzv_id": launch.rdzv_id or job.name}
     tmp = job / f".job.json.tmp-{os.getpid()}"
     tmp.write_text(json.dumps(spec, indent=2, default=str))
     os.replace(tmp, job / "job.json")

@@ -7,6 +7,7 @@ traceback to ``JOB/error-rank<r>.txt`` (the launcher reports it) and exits non-z
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -31,6 +32,8 @@ def main(job: Path) -> None:
         from flywheel.training.launch import resolve
 
         paths = configure_environment(spec["home"])
+        if spec.get("lake"):            # the job's lake (FLYWHEEL_LAKE on the stack), not <home>/lake
+            paths = dataclasses.replace(paths, lake_dir=Path(spec["lake"]))
         cfg = FlywheelConfig.model_validate(spec["config"])
         out = resolve(spec["target"])(**spec["kwargs"], cfg=cfg, paths=paths)
         if rank == 0:
