@@ -22,6 +22,9 @@ from flywheel.data.lake import sha256_text
 from flywheel.settings import Paths
 
 
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)   # libyaml: a policy with thousands of examples parses fast
+
+
 class PolicyError(ValueError):
     def __init__(self, path: str, problems: list[tuple[int, str]]):
         self.path, self.problems = path, problems
@@ -43,12 +46,19 @@ class Dimension(BaseModel):
 
 
 class Example(BaseModel):
+    """A worked example: a query, a document given by exactly the policy's ``document_fields``, its grade, why."""
     model_config = ConfigDict(extra="forbid")
     query: str = Field(min_length=1)
-    title: str = Field(min_length=1)
+    title: str = ""
     text: str = ""
     grade: int
     why: str = Field(min_length=5)
+
+    def fields(self) -> list[str]:
+        return [f for f in DOCUMENT_FIELDS if getattr(self, f).strip()]
+
+
+DOCUMENT_FIELDS = ("title", "text")
 
 
 class Policy(BaseModel):
@@ -72,11 +82,11 @@ class Policy(BaseModel):
         return v
 
     @model_validator(mode="after")
-    def _examples_on_scale(self) -> "Policy":
-        top = len(self.scale) - 1
-        for i, ex in enumerate(self.examples):
-            if not 0 <= ex.grade <= top:
-                raise ValueError(f"examples.{i}.grade: {ex.grade} is not on the scale 0..{top}")
+    def _consistent(self, info) -> "Policy":
+        if not (info.context or {}).get("defer_consistency"):
+            problems = consistency_problems(self)
+            if problems:
+                raise ValueError("; ".join(f"{'.'.join(map(str, loc))}: {msg}" for loc, msg in problems))
         return self
 
     @property
@@ -87,6 +97,25 @@ class Policy(BaseModel):
     def version(self) -> str:
         """Content hash: any change to the scale, dimensions, examples or guidance is a new version."""
         return sha256_text(json.dumps(self.model_dump(), sort_keys=True, ensure_ascii=False))[:16]
+
+
+def consistency_problems(policy: Policy) -> list[tuple[tuple, str]]:
+    """What the fields are each valid but do not agree on: an example's grade off the scale, an example that does
+    not show the judge exactly the document fields the policy names. (YAML path, message with the fix.)"""
+    top, want = len(policy.scale) - 1, [f for f in DOCUMENT_FIELDS if f in policy.document_fields]
+    out = []
+    for i, ex in enumerate(policy.examples):
+        if not 0 <= ex.grade <= top:
+            out.append((("examples", i, "grade"), f"examples.{i}.grade: {ex.grade} is not on the scale 0..{top}"
+                                                  f" — fix: use a grade between 0 and {top}"))
+        have = ex.fields()
+        if have != want:
+            missing, extra = [f for f in want if f not in have], [f for f in have if f not in want]
+            fix = "; ".join(([f"add a non-empty {', '.join(missing)}"] if missing else [])
+                            + ([f"remove {', '.join(extra)} (the judge never sees it)"] if extra else []))
+            out.append((("examples", i), f"examples.{i}: shows the document as {have or 'nothing'}, but "
+                                         f"document_fields is {want} — fix: {fix}"))
+    return out
 
 
 def _line_index(node, prefix=()) -> dict[tuple, int]:
@@ -109,6 +138,8 @@ _FIX = {
     "string_pattern_mismatch": "use lower-case letters, digits, '_' or '-'",
     "literal_error": "use one of the allowed values",
     "too_short": "add more entries",
+    "string_type": "write it as text in quotes, e.g. 'No' (unquoted, YAML reads yes/no/on/off as true/false "
+                   "and bare numbers as numbers)",
 }
 
 
@@ -122,8 +153,8 @@ def parse_policy(text: str, path: str = "<policy>") -> Policy:
         raise PolicyError(path, [(1, "the YAML header is not closed: add a line '---' after it")]) from None
     header = "\n".join(lines[1:end])
     try:
-        node = yaml.compose(header)
-        data = yaml.safe_load(header)
+        node = yaml.compose(header, Loader=_Loader)
+        data = yaml.load(header, Loader=_Loader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = (mark.line + 2) if mark else 2
@@ -131,18 +162,24 @@ def parse_policy(text: str, path: str = "<policy>") -> Policy:
     if not isinstance(data, dict):
         raise PolicyError(path, [(2, "the header must be a mapping of fields (name:, scale:, ...)")])
     index = _line_index(node) if node is not None else {}
+
+    def line_of(loc: tuple) -> int:
+        return next((index[loc[:k]] for k in range(len(loc), 0, -1) if loc[:k] in index), 1) + 1
+
     data["guidance"] = "\n".join(lines[end + 1:]).strip()
     try:
-        return Policy.model_validate(data)
+        policy = Policy.model_validate(data, context={"defer_consistency": True})
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
             loc = tuple(err["loc"])
-            line = next((index[loc[:k]] for k in range(len(loc), 0, -1) if loc[:k] in index), 2)
             where = ".".join(str(p) for p in loc) or "header"
             fix = _FIX.get(err["type"], "")
-            problems.append((line + 1, f"{where}: {err['msg']}" + (f" — fix: {fix}" if fix else "")))
+            problems.append((line_of(loc), f"{where}: {err['msg']}" + (f" — fix: {fix}" if fix else "")))
         raise PolicyError(path, sorted(problems)) from None
+    if problems := consistency_problems(policy):
+        raise PolicyError(path, sorted((line_of(loc), msg) for loc, msg in problems))
+    return policy
 
 
 def load_policy(path: str | Path) -> Policy:

@@ -29,8 +29,8 @@ class Judge(Protocol):
 def system_prompt(policy: Policy) -> str:
     scale = "\n".join(f"{g.grade} = {g.label}: {g.definition}" for g in policy.scale)
     dims = "\n".join(f"- {d.name}: {d.description}" for d in policy.dimensions)
-    ex = "\n".join(f'Query: "{e.query}" | Dataset: "{e.title}. {e.text}" -> grade {e.grade} ({e.why})'
-                   for e in policy.examples)
+    ex = "\n".join(f'Query: "{e.query}" | Dataset: "{". ".join(getattr(e, f) for f in e.fields())}" -> grade '
+                   f'{e.grade} ({e.why})' for e in policy.examples)
     return (f"You are a search relevance judge. {policy.task}\n\nGrade scale:\n{scale}\n\nScore each dimension "
             f"on the same scale:\n{dims}\n\nPolicy:\n{policy.guidance}\n\nWorked examples:\n{ex}\n\n"
             'Reply with JSON only: {"grade": int, "dimensions": {name: int}, "rationale": "one sentence"}.')

@@ -27,17 +27,20 @@ def query_folds(pairs: pd.DataFrame, shares: dict[str, float], seed: int = 0) ->
     return pairs.query_id.map(fold_of)
 
 
-def draw_exemplars(pool: pd.DataFrame, n_grades: int, rng: np.random.Generator, max_chars: int = 240) -> list[dict]:
-    """One golden pair per grade (aggregated grade rounded), preferring pairs several raters judged."""
+def draw_exemplars(pool: pd.DataFrame, n_grades: int, rng: np.random.Generator, max_chars: int = 240,
+                   fields=("title", "text")) -> list[dict]:
+    """One golden pair per grade (aggregated grade rounded), preferring pairs several raters judged; each shows
+    the document by ``fields`` only (the policy's ``document_fields``), and pairs empty in one of them are skipped."""
     out = []
     for g in range(n_grades):
         cand = pool[pool.aggregated_grade.round().astype(int) == g]
+        for f in fields:
+            cand = cand[cand[f].fillna("").astype(str).str.strip() != ""]
         if cand.empty:
             continue
         best = cand[cand.n_raters >= cand.n_raters.max()] if "n_raters" in cand else cand
         row = best.iloc[int(rng.integers(len(best)))]
-        out.append({"query": str(row["query"]), "title": str(row.title) or "(untitled)",
-                    "text": str(row.text)[:max_chars], "grade": g,
+        out.append({"query": str(row["query"]), **{f: str(row[f])[:max_chars] for f in fields}, "grade": g,
                     "why": f"Human raters' mean grade {row.aggregated_grade:.2f} (golden calibration pair)."})
     return out
 

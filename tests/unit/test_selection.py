@@ -46,6 +46,10 @@ def test_draw_exemplars_one_per_grade_from_the_pool():
     assert [e["grade"] for e in ex] == [0, 1, 2, 3]
     assert ex[0]["query"] == "b"                     # the grade-0 pair with the most raters
     assert all(len(e["text"]) <= 240 for e in ex)
+    # a title-less policy's exemplars show only the text, and skip pairs whose text is empty
+    pool.loc[1, "text"] = ""
+    ex = draw_exemplars(pool, 4, np.random.default_rng(0), fields=["text"])
+    assert all(set(e) == {"query", "text", "grade", "why"} for e in ex) and ex[0]["query"] == "a"
 
 
 def _noisy_by_exemplars(body, n):
