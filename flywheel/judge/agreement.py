@@ -52,6 +52,21 @@ def agreement(judge: np.ndarray, human_mean: np.ndarray, n_grades: int) -> dict:
     }
 
 
+def quadratic_kappa(human: np.ndarray, judge: np.ndarray, n_grades: int) -> float:
+    """Quadratic-weighted Cohen's kappa of two integer gradings on 0..n_grades − 1, in numpy:
+    1 − Σ W∘O / Σ W∘E with W_ij = (i − j)², O the confusion counts and E the outer product of its margins / n;
+    nan when E carries no weight (one grade only). Equal to ``sklearn.metrics.cohen_kappa_score(human, judge,
+    weights="quadratic", labels=range(n_grades))`` (tested against it) without its per-call validation, which
+    dominated the bootstrap and the cut-point search."""
+    human, judge = np.asarray(human, dtype=int), np.asarray(judge, dtype=int)
+    observed = np.bincount(human * n_grades + judge, minlength=n_grades * n_grades).reshape(n_grades, n_grades)
+    grades = np.arange(n_grades)
+    weights = (grades[:, None] - grades[None, :]) ** 2
+    expected = np.outer(observed.sum(1), observed.sum(0)) / max(observed.sum(), 1)
+    denominator = float((weights * expected).sum())
+    return 1.0 - float((weights * observed).sum()) / denominator if denominator else float("nan")
+
+
 def apply_cutpoints(score: np.ndarray, cuts: np.ndarray) -> np.ndarray:
     """grade = number of cut-points the score reaches (cuts ascending, len = n_grades − 1)."""
     return np.searchsorted(np.asarray(cuts), np.asarray(score), side="right").astype(int)
@@ -67,7 +82,7 @@ def fit_cutpoints(score: np.ndarray, human_mean: np.ndarray, n_grades: int, roun
     grid = np.unique(np.quantile(score, np.linspace(0, 1, 101)))
 
     def qwk(c):
-        return cohen_kappa_score(human, apply_cutpoints(score, c), weights="quadratic", labels=list(range(n_grades)))
+        return quadratic_kappa(human, apply_cutpoints(score, c), n_grades)
 
     best = qwk(cuts)
     for _ in range(rounds):
@@ -86,11 +101,16 @@ def bootstrap_ci(judge: np.ndarray, human_mean: np.ndarray, metric: str = "qwk",
                  seed: int = 0, *, n_grades: int) -> tuple[float, float]:
     """95% percentile interval of a metric over pairs resampled with replacement (scale of ``n_grades``)."""
     rng = np.random.default_rng(seed)
-    judge, human_mean = np.asarray(judge), np.asarray(human_mean)
-    vals = []
-    for _ in range(n):
-        i = rng.integers(0, len(judge), len(judge))
-        vals.append(agreement(judge[i], human_mean[i], n_grades)[metric])
+    judge, human_mean = on_scale(np.asarray(judge), n_grades, "judge"), np.asarray(human_mean, dtype=float)
+    human = human_grades(human_mean, n_grades)
+    if metric == "qwk":
+        value = lambda i: quadratic_kappa(human[i], judge[i], n_grades)  # noqa: E731
+    elif metric == "spearman":
+        value = lambda i: (float(np.nan_to_num(spearmanr(judge[i], human_mean[i]).statistic))  # noqa: E731
+                           if len(set(judge[i])) > 1 else 0.0)
+    else:
+        value = lambda i: agreement(judge[i], human_mean[i], n_grades)[metric]  # noqa: E731
+    vals = [value(rng.integers(0, len(judge), len(judge))) for _ in range(n)]
     lo, hi = np.percentile(vals, [2.5, 97.5])
     return float(lo), float(hi)
 

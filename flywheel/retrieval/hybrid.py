@@ -38,6 +38,37 @@ def encode(texts: list[str], batch_size: int = 64) -> np.ndarray:
     return emb.astype("float32")
 
 
+def encode_documents(texts: list[str]) -> np.ndarray:
+    """:func:`encode`, kept on disk by content (sha256 of the encoder and every text) under ``$FLYWHEEL_CACHE``
+    (default ``~/.cache/flywheel``): every process that indexes the same documents — a flow run, a workbench
+    preview, a test — encodes them once per machine instead of once per process."""
+    import hashlib
+    import os
+    from pathlib import Path
+
+    h = hashlib.sha256(b"all-MiniLM-L6-v2\0")
+    for t in texts:
+        h.update(t.encode("utf-8") + b"\0")
+    cache = Path(os.environ.get("FLYWHEEL_CACHE") or Path.home() / ".cache" / "flywheel") / "embeddings"
+    path = cache / f"{h.hexdigest()[:32]}.npy"
+    if path.exists():
+        try:
+            emb = np.load(path)
+            if emb.shape == (len(texts), 384):
+                return emb
+        except (OSError, ValueError):
+            pass   # a damaged file is recomputed and replaced
+    emb = encode(texts)
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = cache / f".{path.stem}.{os.getpid()}.tmp.npy"
+        np.save(tmp, emb)
+        os.replace(tmp, path)
+    except OSError:
+        pass       # a read-only home still works, uncached
+    return emb
+
+
 @dataclass
 class HybridRetriever:
     documents: pd.DataFrame   # doc_id, title, text, content_hash
@@ -51,7 +82,7 @@ class HybridRetriever:
         self._row = {d: i for i, d in enumerate(self.documents.doc_id)}
         self._bm25 = bm25s.BM25()
         self._bm25.index(bm25s.tokenize(self._texts, stopwords="en", show_progress=False), show_progress=False)
-        self._emb = encode(self._texts)
+        self._emb = encode_documents(self._texts)
         self._faiss = faiss.IndexFlatIP(self._emb.shape[1])   # exact search: no ANN recall loss
         self._faiss.add(self._emb)
 

@@ -110,3 +110,30 @@ def test_probe_variants_keep_the_document_and_add_only_the_probe(golden):
     for q, old, new in zip(pairs["query"], pairs.text, v["length"].text):
         filler = new[len(old):].lower().split()
         assert len(filler) > 5 and not set(q.lower().split()) & set(filler)
+
+
+def test_numpy_quadratic_kappa_equals_sklearns_and_the_bootstrap_is_unchanged():
+    import warnings
+
+    from sklearn.metrics import cohen_kappa_score
+
+    from flywheel.judge.agreement import agreement, bootstrap_ci, quadratic_kappa
+
+    rng = np.random.default_rng(7)
+    for n_grades in (2, 4, 5, 10):
+        for size in (1, 3, 40, 500):
+            h, j = rng.integers(0, n_grades, size), rng.integers(0, n_grades, size)
+            for judge in (j, h, np.zeros(size, int)):      # random, perfect, one grade only
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    ref = cohen_kappa_score(h, judge, weights="quadratic", labels=list(range(n_grades)))
+                got = quadratic_kappa(h, judge, n_grades)
+                assert (np.isnan(ref) and np.isnan(got)) or abs(ref - got) < 1e-12, (n_grades, size)
+    # the bootstrap draws the same resamples as the reference loop over agreement() and gets the same interval
+    h_mean, judge = rng.uniform(0, 3, 120), rng.integers(0, 4, 120)
+    for metric in ("qwk", "spearman", "exact"):
+        r = np.random.default_rng(0)
+        vals = [agreement(judge[i], h_mean[i], 4)[metric]
+                for i in (r.integers(0, 120, 120) for _ in range(200))]
+        assert bootstrap_ci(judge, h_mean, metric, n=200, n_grades=4) == pytest.approx(
+            tuple(np.percentile(vals, [2.5, 97.5])), abs=1e-12)
