@@ -34,9 +34,10 @@ COPY configs ./configs
 COPY policies ./policies
 COPY golden_data ./golden_data
 
-# State lives in volumes mounted here; created now so that a fresh named volume inherits the owner.
+# State lives in volumes mounted here; created now so that a fresh named volume inherits the owner. policies/ too:
+# docker-compose.yml mounts the `policies` volume there, seeded from this copy, and the workbench publishes into it.
 RUN mkdir -p /var/lib/flywheel /var/lib/mlflow/artifacts \
-    && chown -R flywheel:flywheel /var/lib/flywheel /var/lib/mlflow
+    && chown -R flywheel:flywheel /var/lib/flywheel /var/lib/mlflow /app/policies
 
 # No hub, no telemetry: models come from the registry or from pip packages, never from a download at run time.
 ENV HF_HUB_OFFLINE=1 \

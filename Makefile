@@ -10,7 +10,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 help:
 	@echo "make demo   - run the whole daily flywheel offline on the bundled data (about 14 min cold, under a minute warm)"
-	@echo "make test   - run the whole test suite (installs Debian's postgresql first when missing)"
+	@echo "make test   - run the whole test suite (installs Debian's postgresql, chromium, chromium-driver first when missing)"
 	@echo "make serve  - serve models:/flywheel-ranker@champion on 127.0.0.1:8765"
 	@echo "make judge-gate-llm - calibrate SmolLM2-135M behind llama.cpp's OpenAI server; the gate blocks it"
 	@echo "make ui-mlflow / ui-prefect - open the MLflow / Prefect UIs on the flywheel home"
@@ -27,16 +27,24 @@ demo: $(STAMP)
 test: $(STAMP) system-deps
 	$(PY) -m pytest
 
-# Debian packages the stack test needs (tests/stack: a real PostgreSQL server), installed only when missing.
-# The package would create and start a cluster of its own on port 5432: the test makes throwaway ones instead.
+# Debian packages the tests need, installed only when missing: postgresql (tests/stack: a real PostgreSQL server),
+# chromium + chromium-driver (the policy workbench's browser tests; selenium is given /usr/bin/chromedriver so
+# Selenium Manager never tries to download a driver). One apt-get update, one apt-get install of what is missing.
+# The postgresql package would create and start a cluster of its own on port 5432: the test makes throwaway ones instead.
 system-deps:
-	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null 2>&1; then \
+	@missing=""; \
+	if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null 2>&1; then missing="postgresql"; fi; \
+	if [ ! -x /usr/bin/chromium ]; then missing="$$missing chromium"; fi; \
+	if [ ! -x /usr/bin/chromedriver ]; then missing="$$missing chromium-driver"; fi; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "installing Debian's postgresql (tests/stack needs a real PostgreSQL server)"; \
-	    mkdir -p /etc/postgresql-common && echo "create_main_cluster = false" > /etc/postgresql-common/createcluster.conf; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null; \
+	    echo "installing Debian's$$missing (postgresql: tests/stack; chromium, chromium-driver: workbench browser tests)"; \
+	    case " $$missing " in *" postgresql "*) \
+	      mkdir -p /etc/postgresql-common && echo "create_main_cluster = false" > /etc/postgresql-common/createcluster.conf;; \
+	    esac; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	  else \
-	    echo "PostgreSQL server binaries are missing: install Debian's postgresql package (tests/stack needs it)"; \
+	    echo "missing Debian packages:$$missing (postgresql: tests/stack; chromium, chromium-driver: workbench browser tests); install them as root"; \
 	  fi; \
 	fi
 

@@ -11,13 +11,16 @@ configure_environment()   # before prefect/mlflow read their settings
 from prefect import flow  # noqa: E402
 
 from flywheel.config import load_config  # noqa: E402
+from flywheel.judge.policy_diff import save_impact  # noqa: E402
 from tasks import policy  # noqa: E402
 from tasks._common import file_hash  # noqa: E402
 
 
 @flow(name="policy-preview")
-def policy_preview(policy_file: str, against: str | None = None, config: str = "configs/demo.yaml") -> dict:
-    """``policy_file``: the edited policy; ``against``: the policy it would replace (default: the config's)."""
+def policy_preview(policy_file: str, against: str | None = None, config: str = "configs/demo.yaml",
+                   output: str | None = None) -> dict:
+    """``policy_file``: the edited policy; ``against``: the policy it would replace (default: the config's);
+    ``output``: also write the result there as JSON (the workbench reads it from its shared volume)."""
     cfg = load_config(config)
     old, new = cfg.resolve(against or cfg.policy), cfg.resolve(policy_file)
     for p in (old, new):
@@ -25,7 +28,10 @@ def policy_preview(policy_file: str, against: str | None = None, config: str = "
             raise FileNotFoundError(f"no policy file at {p}: give a path relative to the repository or absolute")
     golden = cfg.resolve(cfg.golden)
     policy.seed_golden(str(golden), "".join(file_hash(p) for p in sorted(golden.glob("*.parquet"))))
-    return policy.preview_policy(str(old), str(new), file_hash(old), file_hash(new), cfg)
+    r = policy.preview_policy(str(old), str(new), file_hash(old), file_hash(new), cfg)
+    if output:
+        save_impact(r, output)
+    return r
 
 
 if __name__ == "__main__":

@@ -291,6 +291,34 @@ def export(model: str = typer.Argument(..., help="registered model: NAME (= NAME
 
 
 @app.command()
+def workbench(config: str = typer.Option("configs/demo.yaml", envvar="FLYWHEEL_CONFIG",
+                                         help="flywheel config: its policy is the one being edited, its judge "
+                                              "previews drafts"),
+              host: str = typer.Option("127.0.0.1", help="address to listen on; anything but loopback needs "
+                                                           "--access"),
+              port: int = typer.Option(8780, help="port to listen on"),
+              access: Optional[Path] = typer.Option(None, envvar="FLYWHEEL_WORKBENCH_ACCESS",
+                                                    help="YAML file of users and roles (viewer, editor, publisher) "
+                                                         "and how they are identified (token or a proxy's header); "
+                                                         "see README 'For product managers'. Without it the "
+                                                         "workbench is single-user on loopback"),
+              preview_deployment: Optional[str] = typer.Option(None, envvar="FLYWHEEL_PREVIEW_DEPLOYMENT",
+                                                               help="run previews through this Prefect deployment "
+                                                                    "(e.g. policy-preview/policy-preview) instead "
+                                                                    "of in the workbench process")):
+    """The policy workbench: product managers see the active grading policy, its versions and calibration
+    figures, edit a draft with line-level validation, preview its impact on the golden set, publish or roll
+    back, and look at the judge's disagreements and the day's labels. Open http://HOST:PORT/ in a browser."""
+    from flywheel.workbench.app import serve_workbench
+
+    try:
+        serve_workbench(config, host, port, access, preview_deployment)
+    except (ValueError, FileNotFoundError) as exc:
+        typer.secho(f"error: {exc}", fg="red", err=True)
+        raise typer.Exit(2)
+
+
+@app.command()
 def ui(which: str = typer.Argument(..., help="mlflow or prefect"), port: Optional[int] = None):
     """Start the MLflow or Prefect UI on the flywheel home (Ctrl-C to stop)."""
     paths = configure_environment()

@@ -39,7 +39,7 @@ def golden():
 def pytest_collection_modifyitems(items):
     # Mark by folder: tests/unit -> unit, tests/data -> data, ...
     for item in items:
-        for marker in ("unit", "data", "model", "flow"):
+        for marker in ("unit", "data", "model", "flow", "workbench"):
             if f"{os.sep}{marker}{os.sep}" in str(item.fspath):
                 item.add_marker(getattr(pytest.mark, marker))
 

@@ -39,10 +39,12 @@ def _cv_grades(policy, ext, pairs, feats, y, k) -> np.ndarray:
 
 def _grades(pairs: pd.DataFrame, judged: pd.DataFrame) -> list[dict]:
     """Per-pair judge grades on the golden set (for policy impact previews)."""
-    return [{"query_id": q, "doc_id": d, "query": qt, "title": t, "split": s, "human": float(h),
-             "grade": None if pd.isna(g) else int(g), "status": st}
-            for q, d, qt, t, s, h, g, st in zip(pairs.query_id, pairs.doc_id, pairs["query"], pairs.title, pairs.split,
-                                               pairs.aggregated_grade, judged.grade, judged.parse_status)]
+    rationale = judged["rationale"] if "rationale" in judged else [None] * len(judged)
+    return [{"query_id": q, "doc_id": d, "query": qt, "title": t, "text": str(tx)[:300], "split": s, "human": float(h),
+             "grade": None if pd.isna(g) else int(g), "status": st, "rationale": None if pd.isna(r) else str(r)}
+            for q, d, qt, t, tx, s, h, g, st, r in zip(
+                pairs.query_id, pairs.doc_id, pairs["query"], pairs.title, pairs.text, pairs.split,
+                pairs.aggregated_grade, judged.grade, judged.parse_status, rationale)]
 
 
 def _with_ci(judge_grades, human_mean, n_grades: int) -> dict:
@@ -177,7 +179,7 @@ def _calibrate_openai(cfg, paths, policy, golden, calib, test, ceiling) -> dict:
         rng = np.random.default_rng(cfg.seed)
         sets = {"policy": [e.model_dump() for e in policy.examples]}
         for i in range(cfg.judge.exemplar_sets):
-            sets[f"golden-{i + 1}"] = draw_exemplars(pool, n_grades, rng)
+            sets[f"golden-{i + 1}"] = draw_exemplars(pool, n_grades, rng, fields=policy.document_fields)
         held_run = {}
 
         def heldout(v):

@@ -154,7 +154,7 @@ def parse_policy(text: str, path: str = "<policy>") -> Policy:
     header = "\n".join(lines[1:end])
     try:
         node = yaml.compose(header, Loader=_Loader)
-        data = yaml.load(header, Loader=_Loader)
+        data = _Loader("").construct_document(node) if node is not None else None   # one parse, not two
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = (mark.line + 2) if mark else 2

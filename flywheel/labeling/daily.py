@@ -7,6 +7,7 @@ continues where it stopped. Queries of the golden test split are never candidate
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import uuid
@@ -100,6 +101,7 @@ def label_candidates(date: str, calibration: dict, cfg: FlywheelConfig, paths: P
 
         judge.settings.commit_every = batch_size
         counts["online"] = asyncio.run(judge.labeller().run(todo, commit_batch, progress))
+        record_usage(date, judge.version, policy.version, run_id, counts["online"], paths)
     else:
         for b, s in enumerate(range(0, len(todo), batch_size)):
             if fail_after_batches is not None and b >= fail_after_batches:
@@ -110,6 +112,32 @@ def label_candidates(date: str, calibration: dict, cfg: FlywheelConfig, paths: P
                 progress(len(part))
     counts.update(day_summary(date, judge.version, paths), run_id=run_id)
     return counts
+
+
+USAGE_FIELDS = ("requests", "retries", "prompt_tokens", "completion_tokens", "cost_usd", "failed")
+
+
+def record_usage(date: str, judge_version: str, policy_version: str, run_id: str, usage: dict, paths: Paths) -> None:
+    """Append what a paid labelling run used (tokens, cost) to ``<lake>/_state/usage.jsonl``, one line a run, so
+    a day's cost can be read back beside its labels (the workbench shows it)."""
+    rec = {"date": date, "judge_version": judge_version, "policy_version": policy_version, "run_id": run_id,
+           **{k: usage.get(k, 0) for k in USAGE_FIELDS}}
+    path = paths.lake / "_state" / "usage.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (json.dumps(rec) + "\n").encode())   # one O_APPEND write: parallel shards never interleave
+    finally:
+        os.close(fd)
+
+
+def read_usage(paths: Paths, date: str | None = None, policy_version: str | None = None) -> list[dict]:
+    path = paths.lake / "_state" / "usage.jsonl"
+    if not path.exists():
+        return []
+    recs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in recs if (date is None or r["date"] == date)
+            and (policy_version is None or r["policy_version"] == policy_version)]
 
 
 def day_summary(date: str, judge_version: str, paths: Paths) -> dict:

@@ -404,8 +404,9 @@ def cli_words_and_flags(argv: list[str]) -> tuple[list[str], list[str]]:
 
 
 def check_cli_flags(compose: dict, env: dict[str, str], help_for) -> list[str]:
-    """Every --flag a service passes to prefect, mlflow or dask appears in that subcommand's --help (a flag renamed
-    in a new release fails here, not at 3 a.m. in a container); `flywheel serve` goes through its own parser."""
+    """Every --flag a service passes to prefect, mlflow, dask or flywheel appears in that subcommand's --help (a flag
+    renamed in a new release fails here, not at 3 a.m. in a container); `flywheel serve` goes through its own
+    parser."""
     problems = []
     for name, svc in project_services(compose).items():
         argvs = service_commands(svc, env)
@@ -414,7 +415,7 @@ def check_cli_flags(compose: dict, env: dict[str, str], help_for) -> list[str]:
         for argv in argvs:
             if argv[:2] == ["flywheel", "serve"]:
                 problems += check_flywheel_serve(name, svc, argv)
-            elif argv[0] in ("prefect", "mlflow", "dask"):
+            elif argv[0] in ("prefect", "mlflow", "dask", "flywheel"):
                 words, flags = cli_words_and_flags(argv)
                 text = help_for(argv[0], tuple(words))
                 problems += [f"{name}: `{argv[0]} {' '.join(words)}` has no option {f}" for f in flags
@@ -590,6 +591,64 @@ def test_workers_that_run_flywheel_code_see_the_same_environment(compose):
     server, background = services["prefect-server"]["environment"], services["prefect-services"]["environment"]
     shared = {k: v for k, v in server.items() if k != "PREFECT_UI_API_URL"}
     assert shared == background, "prefect-server and prefect-services must share the database and Redis settings"
+
+
+def mounts(svc: dict) -> list[dict]:
+    """A service's volumes as {type, source, target, read_only}, whichever of the short or long syntax each uses."""
+    out = []
+    for vol in svc.get("volumes") or []:
+        if isinstance(vol, dict):
+            out.append({"type": vol.get("type", "volume"), "source": vol.get("source"), "target": vol["target"],
+                        "read_only": bool(vol.get("read_only"))})
+            continue
+        parts = vol.split(":")
+        source, target, mode = (parts + [""])[:3] if len(parts) > 1 else (None, parts[0], "")
+        kind = "bind" if source and source.startswith(("/", ".", "~", "$")) else "volume"
+        out.append({"type": kind, "source": source, "target": target, "read_only": "ro" in mode.split(",")})
+    return out
+
+
+def test_the_workbench_publishes_where_the_workers_read_and_reads_its_access_file_read_only(compose, documented):
+    """Policies the workbench publishes must be the ones the flows grade with, and its drafts and previews must be
+    where the worker running the policy-preview deployment reads and writes them: the same named volumes at the
+    same paths in workbench, prefect-worker and dask-worker. The access file (token hashes) is mounted read-only,
+    from a host file that git ignores, at the path given to --access."""
+    services = compose["services"]
+    wb = services["workbench"]
+    by_source = {name: {m["source"]: m for m in mounts(services[name]) if m["type"] == "volume"}
+                 for name in ("workbench", "prefect-worker", "dask-worker")}
+    env = {k: interpolate(v, documented) for k, v in env_mapping(wb["environment"]).items() if v is not None}
+    expected = {"policies": env["FLYWHEEL_REPO"] + "/policies", "flywheel-data": env["FLYWHEEL_HOME"]}
+    for volume, target in expected.items():
+        for name, vols in by_source.items():
+            assert volume in vols, f"{name} does not mount the {volume!r} volume"
+            assert vols[volume]["target"] == target, f"{name} mounts {volume!r} at {vols[volume]['target']}"
+            assert not vols[volume]["read_only"], f"{name} mounts {volume!r} read-only"
+    assert "policies" in (compose.get("volumes") or {})
+
+    worker_env = env_mapping(services["prefect-worker"]["environment"])
+    assert {k: v for k, v in env_mapping(wb["environment"]).items() if k in worker_env} == \
+        {k: v for k, v in worker_env.items() if not is_secret_name(k)}, "the workbench sees another flywheel"
+
+    [argv] = service_commands(wb, documented)
+    assert argv[:2] == ["flywheel", "workbench"] and flag_value(argv, "--host") == "0.0.0.0"
+    access = flag_value(argv, "--access")
+    [mount] = [m for m in mounts(wb) if m["target"] == access]
+    assert mount["type"] == "bind" and mount["read_only"], f"--access {access} is not a read-only bind mount"
+    host_file = interpolate(mount["source"], documented)
+    assert host_file == "./docker/workbench/access.yaml"
+    ignored = subprocess.run(["git", "check-ignore", "-q", host_file], cwd=ROOT)
+    assert ignored.returncode == 0, f"{host_file} holds token hashes of real users: git must ignore it"
+    example = ROOT / "docker" / "workbench" / "access.example.yaml"
+    assert subprocess.run(["git", "check-ignore", "-q", str(example.relative_to(ROOT))], cwd=ROOT).returncode == 1
+    spec = yaml.safe_load(example.read_text())
+    assert spec["identity"] in ("token", "header") and spec["header"]
+    assert {u["role"] for u in spec["users"]} <= {"viewer", "editor", "publisher"}
+
+    flow, deployment = flag_value(argv, "--preview-deployment").split("/")
+    [dep] = [d for d in yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"] if d["name"] == deployment]
+    assert f'@flow(name="{flow}")' in (ROOT / dep["entrypoint"].split(":")[0]).read_text()
+    assert services["workbench"]["depends_on"]["prefect-deploy"]["condition"] == "service_completed_successfully"
 
 
 def test_postgres_init_script_creates_both_databases_and_pg_trgm(compose):

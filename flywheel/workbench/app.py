@@ -1,0 +1,292 @@
+"""The workbench's web application: server-rendered pages (Jinja2, escaped by default) and a small JSON API that
+the page's plain JavaScript calls. Every action goes through :mod:`flywheel.workbench.store` (drafts, publish,
+roll back, audit), :mod:`flywheel.workbench.previews` (impact previews: ``policy_impact``) and
+:mod:`flywheel.workbench.insights` (calibration, disagreements, labels) — the functions the CLI uses.
+
+Run it with ``flywheel workbench``; ``create_app`` builds it for tests.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import Body, Depends, FastAPI, HTTPException, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+from markdown_it import MarkdownIt
+
+from flywheel.config import FlywheelConfig, load_config
+from flywheel.judge.policy import PolicyError
+from flywheel.settings import Paths, configure_environment
+from flywheel.workbench import insights
+from flywheel.workbench.access import Access, User, load_access
+from flywheel.workbench.previews import CostNotConfirmed, Previews
+from flywheel.workbench.store import Conflict, NotPublishable, TooLarge, Workbench, diff_text, validate
+
+HERE = Path(__file__).parent
+_md = MarkdownIt("commonmark", {"html": False})   # raw HTML in a policy is shown as text, never run
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; object-src 'none'; "
+       "base-uri 'none'; frame-ancestors 'none'; form-action 'self'")
+
+
+def create_app(config_path: str, paths: Paths, access: Access, preview_deployment: str | None = None,
+               cfg: FlywheelConfig | None = None) -> FastAPI:
+    cfg = cfg or load_config(config_path)
+    wb = Workbench(cfg.resolve(cfg.policy), paths)
+    previews = Previews(wb.dir / "previews", config_path, cfg, paths, preview_deployment)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        from flywheel.data.golden import seed_golden
+        from flywheel.data.lake import open_lake
+
+        seed_golden(cfg.resolve(cfg.golden), open_lake(paths))   # previews judge the golden set from the lake
+        previews.resume_interrupted()
+        yield
+        previews.close()
+
+    app = FastAPI(title="Policy workbench", lifespan=lifespan, docs_url="/api/docs", redoc_url=None)
+    app.state.wb, app.state.previews, app.state.access, app.state.cfg = wb, previews, access, cfg
+    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+    templates = Jinja2Templates(directory=HERE / "templates")
+    templates.env.filters["markdown"] = lambda text: _md.render(text or "")
+    templates.env.globals["pct"] = lambda x: "–" if x is None else f"{x:.0%}"
+    templates.env.globals["num"] = lambda x, d=3: "–" if x is None or x != x else f"{x:.{d}f}"
+
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next):
+        response = await call_next(request)
+        response.headers["Content-Security-Policy"] = CSP
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Referrer-Policy"] = "same-origin"
+        return response
+
+    # ------------------------------------------------------------------ identity
+    def current_user(request: Request) -> User | None:
+        return access.identify(request.headers, request.cookies)
+
+    def need(role: str):
+        def dep(request: Request) -> User:
+            user = current_user(request)
+            if user is None:
+                raise HTTPException(401, "sign in first: send your token (Authorization: Bearer …) or open /login")
+            if not user.can(role):
+                raise HTTPException(403, f"{user.name} is a {user.role}; this needs the {role} role — ask whoever "
+                                         f"keeps the workbench's access file")
+            if request.method != "GET" and "authorization" not in request.headers \
+                    and request.headers.get("x-requested-with") != "workbench":
+                # a cookie-signed request must come from the workbench's own page (no cross-site form posts)
+                raise HTTPException(403, "missing X-Requested-With: workbench")
+            return user
+        return dep
+
+    def page(request: Request, name: str, **ctx):
+        user = current_user(request)
+        if user is None:
+            return RedirectResponse("/login", status_code=303)
+        return templates.TemplateResponse(request, name, {"user": user, "policy_file": wb.policy_path.name, **ctx})
+
+    def figures_by_version() -> dict[str, dict]:
+        try:
+            logged = insights.calibrations(paths)
+        except Exception as exc:   # MLflow down: the page still opens, and says so
+            logged = {"__error__": {"error": f"MLflow at {paths.mlflow_uri} did not answer: {exc}"}}
+        return {**insights.previewed(previews.root), **logged}
+
+    # ------------------------------------------------------------------ pages
+    @app.get("/health")
+    def health():
+        return {"status": "ok", "policy": wb.policy_path.name}
+
+    @app.get("/login", response_class=HTMLResponse)
+    def login_form(request: Request):
+        return templates.TemplateResponse(request, "login.html", {"user": None, "error": None,
+                                                                  "identity": access.identity})
+
+    @app.post("/login")
+    def login(request: Request, token: str = Body(..., embed=True)):
+        user = access.by_token(token) if access.identity == "token" else None
+        if user is None:
+            return JSONResponse({"detail": "unknown token: check it, or ask for one"}, status_code=401)
+        resp = JSONResponse({"name": user.name, "role": user.role})
+        resp.set_cookie("workbench_token", token, httponly=True, samesite="strict", max_age=8 * 3600)
+        return resp
+
+    @app.get("/", response_class=HTMLResponse)
+    def overview(request: Request):
+        try:
+            policy, problem = wb.active(), None
+        except PolicyError as exc:
+            policy, problem = None, exc.problems
+        figures = figures_by_version()
+        active = policy.version if policy else None
+        summary = figures.get(active, {}).get("summary") if active else None
+        return page(request, "overview.html", policy=policy, problems=problem, history=wb.history(),
+                    figures=figures, drafts=wb.drafts(), summary=summary,
+                    labels=insights.day_labels(active, paths) if active else None,
+                    disagreements=insights.disagreements(summary or {}, 8), judge=cfg.judge)
+
+    @app.get("/versions/{version}", response_class=HTMLResponse)
+    def version_page(request: Request, version: str):
+        try:
+            text = wb.version_text(version)
+        except KeyError as exc:
+            raise HTTPException(404, str(exc)) from None
+        policy, _ = validate(text, version)
+        active_text = wb.active_text()
+        summary = figures_by_version().get(version, {}).get("summary")
+        return page(request, "version.html", version=version, policy=policy, summary=summary,
+                    active_version=wb.active().version,
+                    diff=diff_text(active_text, text, "active", f"version {version}"),
+                    disagreements=insights.disagreements(summary or {}, 25))
+
+    @app.get("/drafts/{draft_id}", response_class=HTMLResponse)
+    def draft_page(request: Request, draft_id: str):
+        try:
+            draft = wb.draft(draft_id)
+        except KeyError as exc:
+            raise HTTPException(404, str(exc)) from None
+        return page(request, "draft.html", draft=draft, active_version=wb.active().version, judge=cfg.judge)
+
+    @app.get("/labels", response_class=HTMLResponse)
+    def labels_page(request: Request, date: str | None = None):
+        active = wb.active().version
+        return page(request, "labels.html", version=active, labels=insights.day_labels(active, paths, date))
+
+    @app.get("/disagreements", response_class=HTMLResponse)
+    def disagreements_page(request: Request):
+        active = wb.active().version
+        summary = figures_by_version().get(active, {}).get("summary")
+        return page(request, "disagreements.html", version=active, summary=summary,
+                    rows=insights.disagreements(summary or {}, 100))
+
+    @app.get("/audit", response_class=HTMLResponse)
+    def audit_page(request: Request):
+        return page(request, "audit.html", entries=list(reversed(wb.audit_log()))[:500])
+
+    # ------------------------------------------------------------------ API
+    @app.post("/api/validate")
+    def api_validate(text: str = Body(..., embed=True), user: User = Depends(need("viewer"))):
+        try:
+            from flywheel.workbench.store import check_size
+            check_size(text)
+        except TooLarge as exc:
+            return JSONResponse({"ok": False, "too_large": True, "problems": [{"line": 1, "message": str(exc)}]},
+                                status_code=413)
+        policy, problems = validate(text, wb.policy_path.name)
+        return {"ok": policy is not None, "problems": [{"line": ln, "message": m} for ln, m in problems],
+                "version": policy.version if policy else None,
+                "summary": (f"{len(policy.scale)} grades, {len(policy.dimensions)} dimensions, "
+                            f"{len(policy.examples)} examples") if policy else None}
+
+    @app.post("/api/drafts")
+    def api_new_draft(body: dict = Body(default={}), user: User = Depends(need("editor"))):
+        base = body.get("from_version")
+        text = wb.version_text(base) if base else None
+        d = wb.new_draft(user.name, text, base and wb.active().version)
+        wb.audit(user.name, "new-draft", draft=d.id, base_version=d.base_version)
+        return d.to_json()
+
+    @app.put("/api/drafts/{draft_id}")
+    def api_save_draft(draft_id: str, text: str = Body(..., embed=True), user: User = Depends(need("editor"))):
+        try:
+            d = wb.save_draft(draft_id, text, user.name)
+        except TooLarge as exc:
+            raise HTTPException(413, str(exc)) from None
+        except KeyError as exc:
+            raise HTTPException(404, str(exc)) from None
+        policy, problems = validate(text, wb.policy_path.name)
+        return {"id": d.id, "updated_at": d.updated_at, "valid": policy is not None, "problems": len(problems)}
+
+    @app.delete("/api/drafts/{draft_id}")
+    def api_discard(draft_id: str, user: User = Depends(need("editor"))):
+        wb.discard_draft(draft_id, user.name)
+        return {"discarded": draft_id}
+
+    @app.post("/api/drafts/{draft_id}/preview")
+    def api_preview(draft_id: str, body: dict = Body(default={}), user: User = Depends(need("editor"))):
+        try:
+            d = wb.draft(draft_id)
+        except KeyError as exc:
+            raise HTTPException(404, str(exc)) from None
+        policy, problems = validate(d.text, wb.policy_path.name)
+        if policy is None:
+            raise HTTPException(422, {"message": f"the draft has {len(problems)} problem(s): fix them to preview it",
+                                      "problems": [{"line": ln, "message": m} for ln, m in problems]})
+        try:
+            status = previews.start(wb.active_text(), d.text, user.name, bool(body.get("confirm_cost")))
+        except CostNotConfirmed as exc:
+            return JSONResponse({"detail": str(exc), "estimate": exc.estimate, "confirm": True}, status_code=402)
+        wb.audit(user.name, "preview", draft=draft_id, preview=status["key"], version=policy.version,
+                 estimated_usd=(status.get("estimate") or {}).get("preview_usd"))
+        return status
+
+    @app.get("/api/previews/{key}")
+    def api_preview_status(key: str, user: User = Depends(need("viewer"))):
+        status = previews.status(key)
+        if status is None:
+            raise HTTPException(404, f"no preview {key!r}")
+        return {**status, "result": previews.result(key) if status["state"] == "done" else None}
+
+    @app.post("/api/drafts/{draft_id}/publish")
+    def api_publish(draft_id: str, message: str = Body(..., embed=True), user: User = Depends(need("publisher"))):
+        try:
+            d = wb.draft(draft_id)
+            rec = wb.publish(d.text, d.base_version, user.name, message)
+        except KeyError as exc:
+            raise HTTPException(404, str(exc)) from None
+        except TooLarge as exc:
+            raise HTTPException(413, str(exc)) from None
+        except Conflict as exc:
+            return JSONResponse({"detail": str(exc), "current_version": exc.current_version, "diff": exc.diff},
+                                status_code=409)
+        except NotPublishable as exc:
+            return JSONResponse({"detail": str(exc), "problems": [{"line": ln, "message": m}
+                                                                  for ln, m in exc.problems]}, status_code=422)
+        wb.discard_draft(draft_id, user.name)
+        return rec
+
+    @app.post("/api/rollback")
+    def api_rollback(to_version: str = Body(...), base_version: str = Body(...), message: str = Body(""),
+                     user: User = Depends(need("publisher"))):
+        try:
+            return wb.rollback(to_version, base_version, user.name, message)
+        except KeyError as exc:
+            raise HTTPException(404, str(exc)) from None
+        except Conflict as exc:
+            return JSONResponse({"detail": str(exc), "current_version": exc.current_version, "diff": exc.diff},
+                                status_code=409)
+        except NotPublishable as exc:
+            return JSONResponse({"detail": str(exc)}, status_code=422)
+
+    @app.get("/api/policy")
+    def api_policy(user: User = Depends(need("viewer"))):
+        p = wb.active()
+        return {"name": p.name, "version": p.version, "file": str(wb.policy_path), "history": wb.history()}
+
+    return app
+
+
+def serve_workbench(config: str, host: str, port: int, access_file, preview_deployment: str | None) -> None:
+    import uvicorn
+
+    if access_file is None and not _loopback(host):
+        raise ValueError(f"--host {host} would let anyone on the network publish policies: give --access FILE "
+                         f"(users and roles), or listen on 127.0.0.1")
+    paths = configure_environment()
+    app = create_app(config, paths, load_access(access_file), preview_deployment)
+    print(f"policy workbench on http://{host}:{port}/ — policy {app.state.wb.policy_path}, "
+          f"previews {'via deployment ' + preview_deployment if preview_deployment else 'in this process'}")
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,305 @@
+"""The policy workbench's state: drafts, published versions, the version history and the audit log.
+
+The active policy is the file the flywheel config names (``policies/*.md``): publishing replaces it atomically
+(temporary file, fsync, rename), so the next labelling run ingests and recalibrates under it, and its gate decides
+whether bulk labelling may use it. Every published version is also kept under ``<home>/policies`` (the store
+``ingest_policy`` already uses), so any of them can be rolled back to. Publishing is guarded by the version the
+draft was started from (optimistic concurrency): if someone published in between, the publish is refused with a
+diff, and nothing is lost. Drafts may be invalid; a version never is.
+
+State lives under ``<home>/workbench``: ``drafts/<id>.json``, ``history.jsonl`` (who published what, when, why)
+and ``audit.jsonl`` (append-only; each line carries the hash of the line before it, so an edited or deleted
+line is detectable with :func:`verify_audit`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import fcntl
+import functools
+import json
+import os
+import secrets
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from flywheel.data.lake import sha256_text
+from flywheel.judge.policy import Policy, PolicyError, parse_policy
+from flywheel.settings import Paths
+
+MAX_POLICY_BYTES = 2 * 1024 * 1024   # a 30-page policy is ~100 KB; thousands of worked examples fit in 2 MB
+
+
+class TooLarge(ValueError):
+    pass
+
+
+class Conflict(RuntimeError):
+    """Someone published since the draft was started: the draft is not published; ``diff`` shows what changed."""
+
+    def __init__(self, message: str, current_version: str, diff: str):
+        super().__init__(message)
+        self.current_version, self.diff = current_version, diff
+
+
+class NotPublishable(ValueError):
+    def __init__(self, message: str, problems: list[tuple[int, str]] | None = None):
+        super().__init__(message)
+        self.problems = problems or []
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that a reader sees the old content or the new one, never a part."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def check_size(text: str) -> None:
+    size = len(text.encode("utf-8"))
+    if size > MAX_POLICY_BYTES:
+        raise TooLarge(f"the policy text is {size / 1e6:.1f} MB; the workbench accepts up to "
+                       f"{MAX_POLICY_BYTES / 1e6:.1f} MB (a 30-page policy is about 0.1 MB). Nothing was saved: "
+                       f"your text is still in the editor — remove what was pasted by mistake, or move bulk "
+                       f"examples into the golden set")
+
+
+@functools.lru_cache(maxsize=16)
+def parse(text: str, path: str) -> Policy:
+    """:func:`parse_policy`, remembered: a page reads the same long policy several times (callers never mutate it)."""
+    return parse_policy(text, path)
+
+
+def validate(text: str, path: str) -> tuple[Policy | None, list[tuple[int, str]]]:
+    """The policy and no problems, or None and every problem at its line — the messages of `flywheel policy check`."""
+    try:
+        return parse(text, path), []
+    except PolicyError as exc:
+        return None, exc.problems
+
+
+@dataclass
+class Draft:
+    id: str
+    author: str
+    base_version: str | None
+    text: str
+    updated_at: str
+    message: str = ""
+
+    def to_json(self) -> dict:
+        return self.__dict__.copy()
+
+
+class Workbench:
+    """Drafts, publishes and rollbacks of the policy at ``policy_path``; state under ``<home>/workbench``."""
+
+    def __init__(self, policy_path: str | Path, paths: Paths):
+        self.policy_path = Path(policy_path)
+        self.paths = paths
+        self.dir = paths.home / "workbench"
+        self.versions_dir = paths.home / "policies"
+        for d in (self.dir / "drafts", self.versions_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        self.history_path, self.audit_path = self.dir / "history.jsonl", self.dir / "audit.jsonl"
+        with contextlib.suppress(PolicyError):   # an invalid file on disk is shown on the page, not a crash
+            self.keep(self.active_text())
+
+    # ------------------------------------------------------------------ the active policy and its versions
+    def active_text(self) -> str:
+        if not self.policy_path.exists():
+            raise FileNotFoundError(f"no policy file at {self.policy_path}: the config's `policy` must name one")
+        return self.policy_path.read_text(encoding="utf-8")
+
+    def active(self) -> Policy:
+        return parse(self.active_text(), str(self.policy_path))
+
+    def keep(self, text: str) -> str:
+        """Store a valid policy text under its version (idempotent) and return the version."""
+        policy = parse(text, str(self.policy_path))
+        copy = self.versions_dir / f"{policy.name}-{policy.version}.md"
+        if not copy.exists():
+            write_atomic(copy, text)
+        return policy.version
+
+    def version_text(self, version: str) -> str:
+        found = sorted(self.versions_dir.glob(f"*-{version}.md"))
+        if not found:
+            raise KeyError(f"policy version {version} is not kept under {self.versions_dir}")
+        return found[0].read_text(encoding="utf-8")
+
+    def history(self) -> list[dict]:
+        """Every version the active policy has had, newest first: the workbench's publishes and rollbacks, and the
+        versions flow runs ingested from the file (author unknown)."""
+        out, seen = [], set()
+        for rec in reversed(_read_jsonl(self.history_path)):
+            out.append(rec)
+            seen.add(rec["version"])
+        name = self.active().name
+        for rec in reversed(_read_jsonl(self.versions_dir / "versions.jsonl")):
+            if rec.get("name") == name and rec["version"] not in seen:
+                seen.add(rec["version"])
+                out.append({"version": rec["version"], "author": None, "at": rec.get("ingested_at"),
+                            "message": f"ingested by a flow run from {Path(rec.get('source', '?')).name}",
+                            "action": "ingested"})
+        active = self.active().version
+        if active not in seen:
+            out.insert(0, {"version": active, "author": None, "at": None, "action": "file",
+                           "message": f"the file {self.policy_path.name} as it is (not published here)"})
+        for rec in out:
+            rec["active"] = rec["version"] == active
+        return out
+
+    # ------------------------------------------------------------------ drafts (may be invalid)
+    def _draft_path(self, draft_id: str) -> Path:
+        if not draft_id.isalnum():
+            raise KeyError(f"no draft {draft_id!r}")
+        return self.dir / "drafts" / f"{draft_id}.json"
+
+    def new_draft(self, author: str, text: str | None = None, base_version: str | None = None) -> Draft:
+        if text is None:
+            text, base_version = self.active_text(), self.active().version
+        d = Draft(secrets.token_hex(6), author, base_version, text, now())
+        return self.save_draft(d.id, text, author, base_version, new=d)
+
+    def save_draft(self, draft_id: str, text: str, author: str, base_version: str | None = None,
+                   new: Draft | None = None) -> Draft:
+        check_size(text)
+        d = new or self.draft(draft_id)
+        d.text, d.updated_at = text, now()
+        if base_version is not None:
+            d.base_version = base_version
+        write_atomic(self._draft_path(d.id), json.dumps(d.to_json()))
+        return d
+
+    def draft(self, draft_id: str) -> Draft:
+        p = self._draft_path(draft_id)
+        if not p.exists():
+            raise KeyError(f"no draft {draft_id!r}")
+        return Draft(**json.loads(p.read_text()))
+
+    def drafts(self) -> list[Draft]:
+        ds = [Draft(**json.loads(p.read_text())) for p in (self.dir / "drafts").glob("*.json")]
+        return sorted(ds, key=lambda d: d.updated_at, reverse=True)
+
+    def discard_draft(self, draft_id: str, actor: str) -> None:
+        self._draft_path(draft_id).unlink(missing_ok=True)
+        self.audit(actor, "discard-draft", draft=draft_id)
+
+    # ------------------------------------------------------------------ publish and roll back
+    @contextlib.contextmanager
+    def _lock(self):
+        with open(self.dir / ".publish.lock", "w") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)   # one publish at a time, across processes and threads
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def publish(self, text: str, base_version: str | None, author: str, message: str,
+                action: str = "publish") -> dict:
+        """Make ``text`` the active policy. Refused (nothing written) when it is invalid, too large, unchanged,
+        has no message, or when the active version is no longer ``base_version`` (:class:`Conflict`)."""
+        check_size(text)
+        if not message.strip():
+            raise NotPublishable("say in a few words what this version changes and why (the publish message)")
+        policy, problems = validate(text, str(self.policy_path))
+        if policy is None:
+            raise NotPublishable(f"the draft has {len(problems)} problem(s): fix them before publishing "
+                                 f"(it can still be saved as a draft)", problems)
+        with self._lock():
+            current_text = self.active_text()
+            current = parse(current_text, str(self.policy_path))
+            if base_version != current.version:
+                last = next((h for h in self.history() if h["version"] == current.version), {})
+                who = f" by {last['author']}" if last.get("author") else ""
+                when = f" at {last['at']}" if last.get("at") else ""
+                diff = "".join(difflib.unified_diff(
+                    current_text.splitlines(keepends=True), text.splitlines(keepends=True),
+                    f"active version {current.version}", "your draft"))
+                self.audit(author, f"{action}-refused", version=policy.version, base_version=base_version,
+                           active_version=current.version)
+                raise Conflict(f"not published: the active policy changed since your draft started from version "
+                               f"{base_version} — version {current.version} was published{who}{when}. Your draft is "
+                               f"kept. Compare it with the active version below, bring in their changes, and "
+                               f"publish again.", current.version, diff)
+            if policy.version == current.version:
+                raise NotPublishable(f"nothing to publish: the draft is the active version {current.version}")
+            self.keep(text)
+            write_atomic(self.policy_path, text)
+            rec = {"version": policy.version, "parent": current.version, "author": author, "at": now(),
+                   "message": message.strip(), "action": action, "name": policy.name}
+            _append_jsonl(self.history_path, rec)
+            self.audit(author, action, version=policy.version, parent=current.version, message=message.strip())
+        return rec
+
+    def rollback(self, to_version: str, base_version: str | None, author: str, message: str) -> dict:
+        return self.publish(self.version_text(to_version), base_version, author,
+                            message or f"roll back to {to_version}", action="rollback")
+
+    # ------------------------------------------------------------------ the audit log
+    def audit(self, actor: str, action: str, **detail) -> None:
+        with self._audit_lock():
+            lines = self.audit_path.read_bytes().splitlines() if self.audit_path.exists() else []
+            prev = sha256_text(lines[-1].decode()) if lines else ""
+            _append_jsonl(self.audit_path, {"at": now(), "actor": actor, "action": action, **detail, "prev": prev})
+
+    @contextlib.contextmanager
+    def _audit_lock(self):
+        with open(self.dir / ".audit.lock", "w") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def audit_log(self) -> list[dict]:
+        return _read_jsonl(self.audit_path)
+
+
+def verify_audit(path: Path) -> list[int]:
+    """Line numbers (1-based) whose ``prev`` does not match the line before: the log was edited there."""
+    lines = path.read_bytes().splitlines() if path.exists() else []
+    bad, prev = [], ""
+    for i, line in enumerate(lines, 1):
+        if json.loads(line).get("prev") != prev:
+            bad.append(i)
+        prev = sha256_text(line.decode())
+    return bad
+
+
+def diff_text(old: str, new: str, old_name: str, new_name: str) -> str:
+    return "".join(difflib.unified_diff(old.splitlines(keepends=True), new.splitlines(keepends=True),
+                                        old_name, new_name))
+
+
+def _append_jsonl(path: Path, rec: dict) -> None:
+    line = (json.dumps(rec, ensure_ascii=False) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line)   # one write of one line with O_APPEND: lines never interleave
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
