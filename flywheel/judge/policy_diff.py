@@ -28,7 +28,8 @@ def describe_changes(old_path, new_path) -> list[str]:
     if old.document_fields != new.document_fields:
         out.append(f"document_fields: {old.document_fields} -> {new.document_fields}")
     if old.examples != new.examples:
-        out.append(f"examples: {len(old.examples)} -> {len(new.examples)}")
+        edited = sum(a != b for a, b in zip(old.examples, new.examples))
+        out.append(f"examples: {len(old.examples)} -> {len(new.examples)}" + (f", {edited} edited" if edited else ""))
     if old.guidance != new.guidance:
         changed = sum(1 for l in difflib.ndiff(old.guidance.splitlines(), new.guidance.splitlines()) if l[:1] in "+-")
         out.append(f"guidance: {changed} line(s) changed")

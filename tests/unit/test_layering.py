@@ -12,7 +12,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 # The pipeline, bottom to top. A stage package may import packages of a lower rank and the shared blocks.
-STAGES = ["data", "retrieval", "judge", "labeling", "training", "evaluation", "serving"]
+STAGES = ["data", "retrieval", "judge", "labeling", "training", "evaluation", "serving", "workbench"]
 SHARED = {"flywheel", "flywheel.settings", "flywheel.config", "flywheel.metrics"}   # import no stage
 ENTRY_POINTS = {"flywheel.cli"}                                                       # may import anything
 
