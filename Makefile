@@ -25,7 +25,7 @@ demo: $(STAMP)
 	$(PY) -m flows.daily --config configs/demo.yaml
 
 test: $(STAMP) system-deps
-	$(PY) -m pytest
+	$(PY) -m pytest --durations=25
 
 # Debian packages the tests need, installed only when missing: postgresql (tests/stack: a real PostgreSQL server),
 # chromium + chromium-driver (the policy workbench's browser tests; selenium is given /usr/bin/chromedriver so

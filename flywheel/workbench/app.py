@@ -24,7 +24,8 @@ from flywheel.settings import Paths, configure_environment
 from flywheel.workbench import insights
 from flywheel.workbench.access import Access, User, load_access
 from flywheel.workbench.previews import CostNotConfirmed, Previews
-from flywheel.workbench.store import Conflict, NotPublishable, TooLarge, Workbench, diff_text, validate
+from flywheel.workbench.store import (Conflict, NotPublishable, TooLarge, Workbench, diff_text, form_fields, validate,
+                                      with_form_fields)
 
 HERE = Path(__file__).parent
 _md = MarkdownIt("commonmark", {"html": False})   # raw HTML in a policy is shown as text, never run
@@ -181,6 +182,20 @@ def create_app(config_path: str, paths: Paths, access: Access, preview_deploymen
                 "version": policy.version if policy else None,
                 "summary": (f"{len(policy.scale)} grades, {len(policy.dimensions)} dimensions, "
                             f"{len(policy.examples)} examples") if policy else None}
+
+    @app.post("/api/form/read")
+    def api_form_read(text: str = Body(..., embed=True), user: User = Depends(need("viewer"))):
+        try:
+            return form_fields(text)
+        except ValueError as exc:
+            raise HTTPException(422, str(exc)) from None
+
+    @app.post("/api/form/write")
+    def api_form_write(text: str = Body(...), fields: dict = Body(...), user: User = Depends(need("editor"))):
+        try:
+            return {"text": with_form_fields(text, fields)}
+        except ValueError as exc:
+            raise HTTPException(422, str(exc)) from None
 
     @app.post("/api/drafts")
     def api_new_draft(body: dict = Body(default={}), user: User = Depends(need("editor"))):

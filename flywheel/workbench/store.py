@@ -94,6 +94,54 @@ def validate(text: str, path: str) -> tuple[Policy | None, list[tuple[int, str]]
         return None, exc.problems
 
 
+FORM_FIELDS = ("scale", "dimensions", "examples")
+FORM_MAX_EXAMPLES = 300     # beyond this many worked examples the form is read-only for them: edit the text
+
+
+def _split(text: str) -> tuple[dict, str]:
+    import yaml
+
+    lines = text.splitlines(keepends=True)
+    if not lines or lines[0].strip() != "---":
+        raise ValueError("the text does not start with a YAML header ('---'): fix it in the text first")
+    end = next((i for i in range(1, len(lines)) if lines[i].strip() == "---"), None)
+    if end is None:
+        raise ValueError("the YAML header is not closed with '---': fix it in the text first")
+    try:
+        data = yaml.safe_load("".join(lines[1:end])) or {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"the YAML header does not parse ({getattr(exc, 'problem', exc)}): fix it in the text "
+                         f"first") from None
+    if not isinstance(data, dict):
+        raise ValueError("the YAML header is not a mapping of fields: fix it in the text first")
+    return data, "".join(lines[end + 1:])
+
+
+def form_fields(text: str) -> dict:
+    """The scale, dimensions and worked examples of a policy text, for the draft page's form."""
+    data, _ = _split(text)
+    out = {k: data.get(k) or [] for k in FORM_FIELDS}
+    out["document_fields"] = data.get("document_fields") or ["title", "text"]
+    out["examples_editable"] = len(out["examples"]) <= FORM_MAX_EXAMPLES
+    return out
+
+
+def with_form_fields(text: str, fields: dict) -> str:
+    """``text`` with the header's scale / dimensions / examples replaced by ``fields`` (others and the guidance
+    kept). The header is written again in a standard layout, so comments inside it are not kept."""
+    import yaml
+
+    data, body = _split(text)
+    for key in FORM_FIELDS:
+        if key in fields and not (key == "examples" and len(data.get("examples") or []) > FORM_MAX_EXAMPLES):
+            rows = fields[key]
+            if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+                raise ValueError(f"{key} must be a list of rows")
+            data[key] = [{k: v for k, v in r.items() if v not in ("", None)} for r in rows]
+    header = yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=120, default_flow_style=False)
+    return f"---\n{header}---\n{body}"
+
+
 @dataclass
 class Draft:
     id: str

@@ -312,3 +312,26 @@ def test_calibration_figures_disagreements_and_the_days_labels_are_read_back(wb_
         (6, 1, {0: 1, 1: 2, 2: 1, 3: 1}, {"ok": 5, "unparsed": 1}, 0.75)
     page = c.get(f"/labels?date={day}", headers=bearer("vera")).text
     assert "$0.7500 over 2 paid labelling run(s)" in page and "unparsed" in page
+
+
+def test_the_form_edits_the_header_and_keeps_the_guidance(client_for, wb_env):
+    from flywheel.judge.policy import parse_policy
+
+    c = client_for(token_access())
+    _, _, policy = wb_env
+    text = policy.read_text()
+    form = c.post("/api/form/read", json={"text": text}, headers=bearer("vera")).json()
+    assert [g["label"] for g in form["scale"]] == ["Irrelevant", "Loosely relevant", "Relevant", "Excellent"]
+    assert form["document_fields"] == ["title", "text"] and len(form["examples"]) == 4
+    form["scale"][1]["label"] = "Somewhat relevant"
+    form["examples"].append({"query": "bike lanes", "title": "Bicycle Network", "text": "Every bike lane.",
+                             "grade": 3, "why": "Exactly what was asked."})
+    fields = {k: form[k] for k in ("scale", "dimensions", "examples")}
+    assert c.post("/api/form/write", json={"text": text, "fields": fields}, headers=bearer("vera")).status_code == 403
+    new = c.post("/api/form/write", json={"text": text, "fields": fields}, headers=bearer("eddie")).json()["text"]
+    before, after = parse_policy(text), parse_policy(new)
+    assert after.scale[1].label == "Somewhat relevant" and len(after.examples) == 5
+    assert after.guidance == before.guidance and new.split("\n---\n", 1)[1] == text.split("\n---\n", 1)[1]
+    assert (after.name, after.task, after.dimensions) == (before.name, before.task, before.dimensions)
+    r = c.post("/api/form/read", json={"text": "no header"}, headers=bearer("vera"))
+    assert r.status_code == 422 and "fix it in the text first" in r.json()["detail"]

@@ -137,6 +137,19 @@ def test_product_manager_journey(browser, workbench, tmp_path):
     _set_editor(d, edited)
     wait.until(EC.text_to_be_present_in_element((By.ID, "check-summary"), "✓ valid"))
     assert d.find_elements(By.CSS_SELECTOR, "#problems li") == []
+    # ... and rename a grade in the form instead of the YAML
+    d.find_element(By.CSS_SELECTOR, "#form-panel summary").click()
+    label = wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "#form-scale tbody tr:nth-child(2) "
+                                                                         "input[data-key=label]")))
+    assert label.get_attribute("value") == "Loosely relevant"
+    label.clear()
+    label.send_keys("Somewhat relevant")
+    d.find_element(By.ID, "apply-form").click()
+    wait.until(lambda drv: "label: Somewhat relevant" in drv.execute_script(
+        "return document.getElementById('editor').value"))
+    wait.until(EC.text_to_be_present_in_element((By.ID, "check-summary"), "✓ valid"))
+    edited = d.execute_script("return document.getElementById('editor').value")
+    assert edited.endswith("Never trust <script>alert('xss')</script> in a title.\n")   # the guidance is kept
 
     # 4. preview: the paid judge's cost is shown and confirmed first, then the preview runs with progress
     d.find_element(By.ID, "preview").click()
@@ -161,6 +174,7 @@ def test_product_manager_journey(browser, workbench, tmp_path):
 
     active = load_policy(policy)
     assert policy.read_text().replace("\r\n", "\n") == edited and active.document_fields == ["title"]
+    assert active.scale[1].label == "Somewhat relevant"
     first = d.find_element(By.CSS_SELECTOR, "#history tbody tr")
     assert active.version in first.text and "active" in first.text and "pia" in first.text
     assert "Judge datasets by their titles only" in first.text

@@ -239,6 +239,90 @@ function initEditor() {
     if (r.status === 409) { $("conflict-diff").textContent = r.data.diff; show($("conflict-diff"), true); }
   });
 
+  // ---------------------------------------------------------------- the form over the header
+  const COLUMNS = {
+    scale: [["grade", "number", "narrow"], ["label", "text"], ["definition", "area"]],
+    dimensions: [["name", "text"], ["description", "area"], ["weight", "number", "narrow"]],
+  };
+  let formState = null;
+  function formRow(table, cols, values, editable) {
+    const tr = document.createElement("tr");
+    for (const [key, kind, cls] of cols) {
+      const td = document.createElement("td");
+      if (cls) td.className = cls;
+      const input = document.createElement(kind === "area" ? "textarea" : "input");
+      if (kind !== "area") input.type = kind === "number" ? "number" : "text";
+      if (kind === "number") input.step = "any";
+      input.dataset.key = key; input.dataset.kind = kind;
+      input.value = values[key] === undefined || values[key] === null ? "" : String(values[key]);
+      input.disabled = !editable;
+      td.appendChild(input);
+      tr.appendChild(td);
+    }
+    const td = document.createElement("td");
+    if (editable) {
+      const del = document.createElement("button");
+      del.type = "button"; del.textContent = "remove"; del.addEventListener("click", () => tr.remove());
+      td.appendChild(del);
+    }
+    tr.appendChild(td);
+    table.querySelector("tbody").appendChild(tr);
+  }
+  function exampleCols() {
+    return [["query", "text"], ...formState.document_fields.map((f) => [f, "area"]), ["grade", "number", "narrow"],
+            ["why", "area"]];
+  }
+  async function loadForm() {
+    const r = await api("POST", "/api/form/read", {text: editor.value});
+    show($("form-error"), !r.ok);
+    if (!r.ok) { text($("form-error"), detail(r.data)); return; }
+    formState = r.data;
+    for (const key of ["scale", "dimensions"]) {
+      const t = $("form-" + key);
+      t.querySelector("tbody").replaceChildren();
+      for (const row of formState[key]) formRow(t, COLUMNS[key], row, true);
+    }
+    const ex = $("form-examples"), head = ex.querySelector("thead tr");
+    head.replaceChildren();
+    for (const [key] of exampleCols()) { const th = document.createElement("th"); th.textContent = key; head.appendChild(th); }
+    head.appendChild(document.createElement("th"));
+    ex.querySelector("tbody").replaceChildren();
+    const editable = formState.examples_editable;
+    for (const row of formState.examples.slice(0, 300)) formRow(ex, exampleCols(), row, editable);
+    show($("add-example"), editable);
+    show($("examples-note"), !editable);
+    text($("examples-note"), editable ? "" : formState.examples.length +
+         " worked examples: too many for the form; the first 300 are shown, edit them in the text.");
+  }
+  function readTable(key, cols) {
+    return Array.from($("form-" + key).querySelectorAll("tbody tr")).map((tr) => {
+      const row = {};
+      tr.querySelectorAll("[data-key]").forEach((input) => {
+        const v = input.value.trim();
+        row[input.dataset.key] = input.dataset.kind === "number" && v !== "" && !Number.isNaN(Number(v)) ? Number(v) : v;
+      });
+      return row;
+    });
+  }
+  const panel = $("form-panel");
+  if (panel) {
+    panel.addEventListener("toggle", () => { if (panel.open) loadForm(); });
+    $("add-grade").addEventListener("click", () => formRow($("form-scale"), COLUMNS.scale,
+      {grade: $("form-scale").querySelectorAll("tbody tr").length}, true));
+    $("add-dimension").addEventListener("click", () => formRow($("form-dimensions"), COLUMNS.dimensions, {weight: 1}, true));
+    $("add-example").addEventListener("click", () => formRow($("form-examples"), exampleCols(), {}, true));
+    $("apply-form").addEventListener("click", async () => {
+      const fields = {scale: readTable("scale"), dimensions: readTable("dimensions")};
+      if (formState && formState.examples_editable) fields.examples = readTable("examples");
+      const r = await api("POST", "/api/form/write", {text: editor.value, fields});
+      show($("form-error"), !r.ok);
+      if (!r.ok) { text($("form-error"), detail(r.data)); return; }
+      editor.value = r.data.text;
+      changed();
+      editor.scrollTop = 0;
+    });
+  }
+
   renderGutter();
   check();
 }
