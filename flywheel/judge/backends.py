@@ -102,6 +102,7 @@ class OpenAIJudge:
     temperature: float = 0.0
     settings: object = None            # flywheel.judge.online.OnlineSettings
     backend: str = "openai"
+    progress: object = None            # called with 1 per judged pair (not part of the version)
 
     def __post_init__(self):
         import os
@@ -137,7 +138,7 @@ class OpenAIJudge:
         got: dict = {}
         pairs = pairs.assign(query_id=pairs.get("query_id", pd.Series(range(len(pairs)), index=pairs.index)).astype(str),
                              doc_hash=pairs.get("doc_hash", pd.Series("", index=pairs.index)).astype(str))
-        self.last_run = asyncio.run(self.labeller().run(pairs, lambda batch: got.update(batch)))
+        self.last_run = asyncio.run(self.labeller().run(pairs, lambda batch: got.update(batch), self.progress))
         rows = []
         for i, r in pairs.iterrows():
             if i in got:

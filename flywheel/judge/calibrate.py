@@ -72,7 +72,7 @@ def calibrate(cfg: FlywheelConfig, paths: Paths, progress=None) -> dict:
     ceiling = {s: h for s in ("calibration", "test")
                if (h := human_agreement(golden.labels[golden.labels.split == s], n_grades)) is not None}
     if cfg.judge.backend == "openai":
-        return _calibrate_openai(cfg, paths, policy, golden, calib, test, ceiling)
+        return _calibrate_openai(cfg, paths, policy, golden, calib, test, ceiling, progress)
 
     yc = calib.aggregated_grade.to_numpy(dtype=float)
     selection = None
@@ -160,7 +160,7 @@ def _openai_metrics(judged: pd.DataFrame, pairs: pd.DataFrame, n_grades: int) ->
     return m
 
 
-def _calibrate_openai(cfg, paths, policy, golden, calib, test, ceiling) -> dict:
+def _calibrate_openai(cfg, paths, policy, golden, calib, test, ceiling, progress=None) -> dict:
     from flywheel.judge.backends import OpenAIJudge
     from flywheel.judge.online import OnlineSettings
     from flywheel.judge.policy import Policy
@@ -169,7 +169,7 @@ def _calibrate_openai(cfg, paths, policy, golden, calib, test, ceiling) -> dict:
     def make(examples=None):
         pol = policy if examples is None else Policy.model_validate({**policy.model_dump(), "examples": examples})
         return OpenAIJudge(pol, cfg.judge.openai_model, cfg.judge.openai_base_url,
-                           settings=OnlineSettings.from_config(cfg.judge))
+                           settings=OnlineSettings.from_config(cfg.judge), progress=progress)
 
     selection, gate_pairs, n_grades = None, calib, policy.max_grade + 1
     if cfg.judge.exemplar_sets:

@@ -153,6 +153,10 @@ def parse_policy(text: str, path: str = "<policy>") -> Policy:
         raise PolicyError(path, [(1, "the YAML header is not closed: add a line '---' after it")]) from None
     header = "\n".join(lines[1:end])
     try:
+        for event in yaml.parse(header, Loader=_Loader):
+            if isinstance(event, yaml.AliasEvent):   # a few nested aliases expand to gigabytes: never worth it
+                raise PolicyError(path, [(event.start_mark.line + 2, "YAML aliases (*name) are not allowed in a "
+                                                                    "policy — fix: write the value out in full")])
         node = yaml.compose(header, Loader=_Loader)
         data = _Loader("").construct_document(node) if node is not None else None   # one parse, not two
     except yaml.YAMLError as exc:

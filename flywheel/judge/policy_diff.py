@@ -37,7 +37,8 @@ def describe_changes(old_path, new_path) -> list[str]:
 
 
 def policy_impact(old_path, new_path, cfg: FlywheelConfig, paths: Paths, progress=None) -> dict:
-    """Judge the golden set under both policies. ``progress(message, step, steps)`` is told each stage.
+    """Judge the golden set under both policies. ``progress(message, step, steps)`` is told each stage, and how
+    many pairs (LLM judge) or feature rows (offline judge) are done within it.
 
     Returns what changed in the text, both judge versions and gates, agreement per version and split, each
     version's calibration figures, and every golden pair whose grade changes (with the raters' own grades and
@@ -47,9 +48,16 @@ def policy_impact(old_path, new_path, cfg: FlywheelConfig, paths: Paths, progres
 
     runs = {}
     for step, (name, p) in enumerate((("old", old_path), ("new", new_path))):
+        message = f"judging the golden set under the {'current' if name == 'old' else 'new'} policy"
+        done = [0]
+
+        def advance(n, message=message, step=step, done=done):
+            done[0] += n
+            progress(f"{message}: {done[0]:,} done", step, 2)
+
         if progress:
-            progress(f"judging the golden set under the {'current' if name == 'old' else 'new'} policy", step, 2)
-        runs[name] = calibrate(cfg.model_copy(update={"policy": str(p)}), paths)
+            progress(message, step, 2)
+        runs[name] = calibrate(cfg.model_copy(update={"policy": str(p)}), paths, progress=advance if progress else None)
     if progress:
         progress("comparing", 2, 2)
     labels = load_golden(cfg.resolve(cfg.golden)).labels

@@ -67,7 +67,9 @@ def load_judge(version: str, policy: Policy, cfg: FlywheelConfig, paths: Paths, 
     if cfg.judge.backend == "openai":
         # a judge whose exemplars calibration chose from the golden set keeps them in its spec file
         if path.exists():
-            policy = type(policy).model_validate({**policy.model_dump(), "examples": json.loads(path.read_text())["examples"]})
+            # exemplars saved before examples had to show exactly the document fields still load
+            policy = type(policy).model_validate({**policy.model_dump(), "examples": json.loads(path.read_text())["examples"]},
+                                                 context={"defer_consistency": True})
         j = OpenAIJudge(policy, cfg.judge.openai_model, cfg.judge.openai_base_url, settings=OnlineSettings.from_config(cfg.judge))
     else:
         if not path.exists():

@@ -30,7 +30,7 @@ Role = Literal["viewer", "editor", "publisher"]
 
 
 class User(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)   # a pasted raw token never reaches a log
     name: str = Field(min_length=1)
     role: Role
     token_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
@@ -40,7 +40,7 @@ class User(BaseModel):
 
 
 class Access(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
     identity: Literal["token", "header", "local"] = "token"
     header: str = "X-Forwarded-User"
     users: list[User] = Field(default_factory=list)
@@ -86,8 +86,12 @@ def load_access(path: str | Path | None) -> Access:
         raise FileNotFoundError(f"no access file at {p}: copy docker/workbench/access.example.yaml and list your "
                                 f"users")
     try:
-        return Access.model_validate(yaml.safe_load(p.read_text()) or {})
-    except (ValidationError, yaml.YAMLError) as exc:
+        data = yaml.safe_load(p.read_text()) or {}
+        if isinstance(data, dict) and data.get("identity") == "local":
+            raise ValueError("identity: local is the workbench without an access file (one person, loopback); "
+                             "an access file says token or header")
+        return Access.model_validate(data)
+    except (ValidationError, yaml.YAMLError, ValueError) as exc:
         raise ValueError(f"{p}: not a valid access file — {exc}") from None
 
 

@@ -9,11 +9,12 @@ Run it with ``flywheel workbench``; ``create_app`` builds it for tests.
 from __future__ import annotations
 
 import ipaddress
+import os
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import Body, Depends, FastAPI, HTTPException, Request
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from markdown_it import MarkdownIt
@@ -23,9 +24,9 @@ from flywheel.judge.policy import PolicyError
 from flywheel.settings import Paths, configure_environment
 from flywheel.workbench import insights
 from flywheel.workbench.access import Access, User, load_access
-from flywheel.workbench.previews import CostNotConfirmed, Previews
-from flywheel.workbench.store import (Conflict, NotPublishable, TooLarge, Workbench, diff_text, form_fields, validate,
-                                      with_form_fields)
+from flywheel.workbench.previews import CostNotConfirmed, Previews, preview_key
+from flywheel.workbench.store import (Conflict, DraftChanged, NotPublishable, TooLarge, Workbench, diff_text,
+                                      form_fields, validate, with_form_fields)
 
 HERE = Path(__file__).parent
 _md = MarkdownIt("commonmark", {"html": False})   # raw HTML in a policy is shown as text, never run
@@ -52,6 +53,11 @@ def create_app(config_path: str, paths: Paths, access: Access, preview_deploymen
     app = FastAPI(title="Policy workbench", lifespan=lifespan, docs_url="/api/docs", redoc_url=None)
     app.state.wb, app.state.previews, app.state.access, app.state.cfg = wb, previews, access, cfg
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+    if access.identity == "local":
+        # one person on loopback: refuse other Host names, so a web page cannot reach it by DNS rebinding
+        from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=["127.0.0.1", "localhost"])
     templates = Jinja2Templates(directory=HERE / "templates")
     templates.env.filters["markdown"] = lambda text: _md.render(text or "")
     templates.env.globals["pct"] = lambda x: "–" if x is None else f"{x:.0%}"
@@ -77,18 +83,28 @@ def create_app(config_path: str, paths: Paths, access: Access, preview_deploymen
             if not user.can(role):
                 raise HTTPException(403, f"{user.name} is a {user.role}; this needs the {role} role — ask whoever "
                                          f"keeps the workbench's access file")
-            if request.method != "GET" and "authorization" not in request.headers \
-                    and request.headers.get("x-requested-with") != "workbench":
-                # a cookie-signed request must come from the workbench's own page (no cross-site form posts)
-                raise HTTPException(403, "missing X-Requested-With: workbench")
+            if request.method != "GET":
+                # only a request from the workbench's own page may change anything: a cross-site form post carries
+                # the browser's cookie (or the proxy's header) but can set neither this header nor same-origin
+                bearer = access.identity == "token" and request.headers.get("authorization", "").lower() \
+                    .startswith("bearer ")
+                if not bearer and request.headers.get("x-requested-with") != "workbench":
+                    raise HTTPException(403, "missing X-Requested-With: workbench")
+                if request.headers.get("sec-fetch-site") == "cross-site":
+                    raise HTTPException(403, "a request from another site")
             return user
         return dep
 
-    def page(request: Request, name: str, **ctx):
+    def signed_in(request: Request) -> User:
+        """Pages: checked before any work is done; someone not signed in is sent to /login."""
         user = current_user(request)
         if user is None:
-            return RedirectResponse("/login", status_code=303)
-        return templates.TemplateResponse(request, name, {"user": user, "policy_file": wb.policy_path.name, **ctx})
+            raise HTTPException(303, "sign in", headers={"Location": "/login"})
+        return user
+
+    def page(request: Request, name: str, **ctx):
+        return templates.TemplateResponse(request, name, {"user": current_user(request),
+                                                          "policy_file": wb.policy_path.name, **ctx})
 
     def figures_by_version() -> dict[str, dict]:
         try:
@@ -117,21 +133,21 @@ def create_app(config_path: str, paths: Paths, access: Access, preview_deploymen
         return resp
 
     @app.get("/", response_class=HTMLResponse)
-    def overview(request: Request):
+    def overview(request: Request, _: User = Depends(signed_in)):
         try:
             policy, problem = wb.active(), None
         except PolicyError as exc:
             policy, problem = None, exc.problems
         figures = figures_by_version()
-        active = policy.version if policy else None
-        summary = figures.get(active, {}).get("summary") if active else None
+        active = wb.file_version()
+        summary = figures.get(active, {}).get("summary")
         return page(request, "overview.html", policy=policy, problems=problem, history=wb.history(),
-                    figures=figures, drafts=wb.drafts(), summary=summary,
-                    labels=insights.day_labels(active, paths) if active else None,
+                    figures=figures, drafts=wb.drafts(), summary=summary, active_version=active,
+                    labels=insights.day_labels(active, paths) if policy else None,
                     disagreements=insights.disagreements(summary or {}, 8), judge=cfg.judge)
 
     @app.get("/versions/{version}", response_class=HTMLResponse)
-    def version_page(request: Request, version: str):
+    def version_page(request: Request, version: str, _: User = Depends(signed_in)):
         try:
             text = wb.version_text(version)
         except KeyError as exc:
@@ -140,32 +156,36 @@ def create_app(config_path: str, paths: Paths, access: Access, preview_deploymen
         active_text = wb.active_text()
         summary = figures_by_version().get(version, {}).get("summary")
         return page(request, "version.html", version=version, policy=policy, summary=summary,
-                    active_version=wb.active().version,
+                    active_version=wb.file_version(active_text),
                     diff=diff_text(active_text, text, "active", f"version {version}"),
                     disagreements=insights.disagreements(summary or {}, 25))
 
     @app.get("/drafts/{draft_id}", response_class=HTMLResponse)
-    def draft_page(request: Request, draft_id: str):
+    def draft_page(request: Request, draft_id: str, _: User = Depends(signed_in)):
         try:
             draft = wb.draft(draft_id)
         except KeyError as exc:
             raise HTTPException(404, str(exc)) from None
-        return page(request, "draft.html", draft=draft, active_version=wb.active().version, judge=cfg.judge)
+        # the preview of exactly this text against the active policy, if one was asked for (from any browser)
+        key = preview_key(wb.active_text(), draft.text, cfg)
+        return page(request, "draft.html", draft=draft, active_version=wb.file_version(), judge=cfg.judge,
+                    preview=key if previews.status(key) else "")
 
     @app.get("/labels", response_class=HTMLResponse)
-    def labels_page(request: Request, date: str | None = None):
-        active = wb.active().version
-        return page(request, "labels.html", version=active, labels=insights.day_labels(active, paths, date))
+    def labels_page(request: Request, date: str | None = None, _: User = Depends(signed_in)):
+        active = wb.file_version()
+        return page(request, "labels.html", version=active, labels=insights.day_labels(active, paths, date),
+                    paid=cfg.judge.backend == "openai")
 
     @app.get("/disagreements", response_class=HTMLResponse)
-    def disagreements_page(request: Request):
-        active = wb.active().version
+    def disagreements_page(request: Request, _: User = Depends(signed_in)):
+        active = wb.file_version()
         summary = figures_by_version().get(active, {}).get("summary")
         return page(request, "disagreements.html", version=active, summary=summary,
                     rows=insights.disagreements(summary or {}, 100))
 
     @app.get("/audit", response_class=HTMLResponse)
-    def audit_page(request: Request):
+    def audit_page(request: Request, _: User = Depends(signed_in)):
         return page(request, "audit.html", entries=list(reversed(wb.audit_log()))[:500])
 
     # ------------------------------------------------------------------ API
@@ -200,17 +220,22 @@ def create_app(config_path: str, paths: Paths, access: Access, preview_deploymen
     @app.post("/api/drafts")
     def api_new_draft(body: dict = Body(default={}), user: User = Depends(need("editor"))):
         base = body.get("from_version")
-        text = wb.version_text(base) if base else None
-        d = wb.new_draft(user.name, text, base and wb.active().version)
-        wb.audit(user.name, "new-draft", draft=d.id, base_version=d.base_version)
+        try:
+            d = wb.new_draft(user.name, wb.version_text(base) if base else None)
+        except KeyError as exc:
+            raise HTTPException(404, str(exc)) from None
+        wb.audit(user.name, "new-draft", draft=d.id, base_version=d.base_version, from_version=base)
         return d.to_json()
 
     @app.put("/api/drafts/{draft_id}")
-    def api_save_draft(draft_id: str, text: str = Body(..., embed=True), user: User = Depends(need("editor"))):
+    def api_save_draft(draft_id: str, text: str = Body(...), loaded_at: str | None = Body(None),
+                       user: User = Depends(need("editor"))):
         try:
-            d = wb.save_draft(draft_id, text, user.name)
+            d = wb.save_draft(draft_id, text, user.name, loaded_at)
         except TooLarge as exc:
             raise HTTPException(413, str(exc)) from None
+        except DraftChanged as exc:
+            raise HTTPException(409, str(exc)) from None
         except KeyError as exc:
             raise HTTPException(404, str(exc)) from None
         policy, problems = validate(text, wb.policy_path.name)
@@ -218,7 +243,10 @@ def create_app(config_path: str, paths: Paths, access: Access, preview_deploymen
 
     @app.delete("/api/drafts/{draft_id}")
     def api_discard(draft_id: str, user: User = Depends(need("editor"))):
-        wb.discard_draft(draft_id, user.name)
+        try:
+            wb.discard_draft(draft_id, user.name)
+        except KeyError as exc:
+            raise HTTPException(404, str(exc)) from None
         return {"discarded": draft_id}
 
     @app.post("/api/drafts/{draft_id}/preview")
@@ -244,6 +272,7 @@ def create_app(config_path: str, paths: Paths, access: Access, preview_deploymen
         status = previews.status(key)
         if status is None:
             raise HTTPException(404, f"no preview {key!r}")
+        status.pop("trace", None)   # stays in the preview's status file for whoever runs the workbench
         return {**status, "result": previews.result(key) if status["state"] == "done" else None}
 
     @app.post("/api/drafts/{draft_id}/publish")
@@ -271,6 +300,8 @@ def create_app(config_path: str, paths: Paths, access: Access, preview_deploymen
             return wb.rollback(to_version, base_version, user.name, message)
         except KeyError as exc:
             raise HTTPException(404, str(exc)) from None
+        except TooLarge as exc:
+            raise HTTPException(413, str(exc)) from None
         except Conflict as exc:
             return JSONResponse({"detail": str(exc), "current_version": exc.current_version, "diff": exc.diff},
                                 status_code=409)
@@ -279,8 +310,8 @@ def create_app(config_path: str, paths: Paths, access: Access, preview_deploymen
 
     @app.get("/api/policy")
     def api_policy(user: User = Depends(need("viewer"))):
-        p = wb.active()
-        return {"name": p.name, "version": p.version, "file": str(wb.policy_path), "history": wb.history()}
+        return {"name": wb.active_name(), "version": wb.file_version(), "file": str(wb.policy_path),
+                "history": wb.history()}
 
     return app
 
@@ -292,6 +323,9 @@ def serve_workbench(config: str, host: str, port: int, access_file, preview_depl
         raise ValueError(f"--host {host} would let anyone on the network publish policies: give --access FILE "
                          f"(users and roles), or listen on 127.0.0.1")
     paths = configure_environment()
+    # a page must open when MLflow is down: fail fast instead of minutes of retries
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     app = create_app(config, paths, load_access(access_file), preview_deployment)
     print(f"policy workbench on http://{host}:{port}/ — policy {app.state.wb.policy_path}, "
           f"previews {'via deployment ' + preview_deployment if preview_deployment else 'in this process'}")

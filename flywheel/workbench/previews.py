@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -161,9 +162,15 @@ class Previews:
 
         d = self.root / key
         self._update(key, state="running", message="starting", started_at=now())
+        last = [0.0]
+
+        def progress(msg, step, steps):
+            if time.monotonic() - last[0] >= 0.5 or msg.endswith("policy") or step == steps:   # at most 2 writes/s
+                last[0] = time.monotonic()
+                self._update(key, message=msg, step=step, steps=steps)
+
         try:
-            r = policy_impact(d / "old.md", d / "new.md", self.cfg, self.paths,
-                              progress=lambda msg, step, steps: self._update(key, message=msg, step=step, steps=steps))
+            r = policy_impact(d / "old.md", d / "new.md", self.cfg, self.paths, progress=progress)
             save_impact(r, d / "result.json")
             self._update(key, state="done", message=f"{len(r['changed_pairs'])} golden pair(s) change grade",
                          step=2, finished_at=now())
@@ -201,6 +208,9 @@ class Previews:
             r = json.loads(result.read_text())
             status.update(state="done", step=2, finished_at=now(),
                           message=f"{len(r['changed_pairs'])} golden pair(s) change grade")
+        elif kind == "COMPLETED":
+            status.update(state="failed", message=f"flow run {fr.name} completed but wrote no result to {result}: "
+                                                  f"the worker must share FLYWHEEL_HOME with the workbench")
         elif kind in ("FAILED", "CRASHED", "CANCELLED", "CANCELLING"):
             status.update(state="failed", message=f"flow run {fr.name} is {fr.state.name}: {fr.state.message or ''}")
         else:

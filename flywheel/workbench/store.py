@@ -18,8 +18,10 @@ import contextlib
 import difflib
 import fcntl
 import functools
+import glob
 import json
 import os
+import re
 import secrets
 import tempfile
 from dataclasses import dataclass
@@ -55,11 +57,17 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def stamp() -> str:
+    """A draft's save time, to the microsecond: two saves within a second must differ (see save_draft)."""
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
 def write_atomic(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` so that a reader sees the old content or the new one, never a part."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o644)   # mkstemp's 0600 would hide it
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
             f.write(text)
             f.flush()
@@ -150,9 +158,17 @@ class Draft:
     text: str
     updated_at: str
     message: str = ""
+    editor: str = ""          # who saved it last
 
     def to_json(self) -> dict:
         return self.__dict__.copy()
+
+
+class DraftChanged(RuntimeError):
+    """The draft was saved elsewhere (another tab, another person) since this copy was loaded."""
+
+
+VERSION = re.compile(r"[0-9a-f]{16}")
 
 
 class Workbench:
@@ -166,8 +182,13 @@ class Workbench:
         for d in (self.dir / "drafts", self.versions_dir):
             d.mkdir(parents=True, exist_ok=True)
         self.history_path, self.audit_path = self.dir / "history.jsonl", self.dir / "audit.jsonl"
-        with contextlib.suppress(PolicyError):   # an invalid file on disk is shown on the page, not a crash
-            self.keep(self.active_text())
+        with self._lock(), contextlib.suppress(PolicyError):   # an invalid file is shown on the page, not a crash
+            version = self.keep(self.active_text())
+            if version not in {r["version"] for r in _read_jsonl(self.history_path)}:
+                # the version found before any publish stays in the history, so it can be rolled back to
+                _append_jsonl(self.history_path, {"version": version, "parent": None, "author": None, "at": now(),
+                                                  "action": "found", "name": self.active().name,
+                                                  "message": f"{self.policy_path.name} as the workbench found it"})
 
     # ------------------------------------------------------------------ the active policy and its versions
     def active_text(self) -> str:
@@ -178,6 +199,22 @@ class Workbench:
     def active(self) -> Policy:
         return parse(self.active_text(), str(self.policy_path))
 
+    def file_version(self, text: str | None = None) -> str:
+        """The version of the active file; for a file that does not parse, ``unparsed-<hash>`` (so a publish or a
+        rollback can still replace it, guarded like any other)."""
+        text = self.active_text() if text is None else text
+        try:
+            return parse(text, str(self.policy_path)).version
+        except PolicyError:
+            return "unparsed-" + sha256_text(text)[:12]
+
+    def active_name(self) -> str | None:
+        try:
+            return self.active().name
+        except PolicyError:
+            m = re.search(r"^name:\s*(\S+)", self.active_text(), re.M)
+            return m.group(1) if m else None
+
     def keep(self, text: str) -> str:
         """Store a valid policy text under its version (idempotent) and return the version."""
         policy = parse(text, str(self.policy_path))
@@ -187,29 +224,33 @@ class Workbench:
         return policy.version
 
     def version_text(self, version: str) -> str:
-        found = sorted(self.versions_dir.glob(f"*-{version}.md"))
+        if not VERSION.fullmatch(version or ""):
+            raise KeyError(f"{version!r} is not a policy version (16 hexadecimal characters)")
+        name = self.active_name()
+        found = sorted(self.versions_dir.glob(f"{glob.escape(name)}-{version}.md" if name else f"*-{version}.md"))
         if not found:
-            raise KeyError(f"policy version {version} is not kept under {self.versions_dir}")
+            raise KeyError(f"policy version {version} of {name or 'this policy'} is not kept under {self.versions_dir}")
         return found[0].read_text(encoding="utf-8")
 
     def history(self) -> list[dict]:
-        """Every version the active policy has had, newest first: the workbench's publishes and rollbacks, and the
-        versions flow runs ingested from the file (author unknown)."""
+        """Every version the active policy has had, newest first: the workbench's publishes and rollbacks, the
+        version it found, and the versions flow runs ingested from the file (author unknown)."""
         out, seen = [], set()
-        for rec in reversed(_read_jsonl(self.history_path)):
+        for rec in _read_jsonl(self.history_path):
             out.append(rec)
             seen.add(rec["version"])
-        name = self.active().name
-        for rec in reversed(_read_jsonl(self.versions_dir / "versions.jsonl")):
+        name = self.active_name()
+        for rec in _read_jsonl(self.versions_dir / "versions.jsonl"):
             if rec.get("name") == name and rec["version"] not in seen:
                 seen.add(rec["version"])
                 out.append({"version": rec["version"], "author": None, "at": rec.get("ingested_at"),
                             "message": f"ingested by a flow run from {Path(rec.get('source', '?')).name}",
                             "action": "ingested"})
-        active = self.active().version
+        out.sort(key=lambda r: r.get("at") or "", reverse=True)
+        active = self.file_version()
         if active not in seen:
             out.insert(0, {"version": active, "author": None, "at": None, "action": "file",
-                           "message": f"the file {self.policy_path.name} as it is (not published here)"})
+                           "message": f"the file {self.policy_path.name} as it is now (changed outside the workbench)"})
         for rec in out:
             rec["active"] = rec["version"] == active
         return out
@@ -220,26 +261,33 @@ class Workbench:
             raise KeyError(f"no draft {draft_id!r}")
         return self.dir / "drafts" / f"{draft_id}.json"
 
-    def new_draft(self, author: str, text: str | None = None, base_version: str | None = None) -> Draft:
-        if text is None:
-            text, base_version = self.active_text(), self.active().version
-        d = Draft(secrets.token_hex(6), author, base_version, text, now())
-        return self.save_draft(d.id, text, author, base_version, new=d)
+    def new_draft(self, author: str, text: str | None = None) -> Draft:
+        """A draft of ``text`` (default: the active policy), guarded by the active version as it is now."""
+        base = self.file_version()
+        d = Draft(secrets.token_hex(6), author, base, self.active_text() if text is None else text, stamp(),
+                  editor=author)
+        return self.save_draft(d.id, d.text, author, new=d)
 
-    def save_draft(self, draft_id: str, text: str, author: str, base_version: str | None = None,
+    def save_draft(self, draft_id: str, text: str, editor: str, loaded_at: str | None = None,
                    new: Draft | None = None) -> Draft:
+        """Save a draft's text. ``loaded_at``: the ``updated_at`` of the copy the editor started from; when the
+        draft was saved since (another tab, another person), :class:`DraftChanged` and nothing is written."""
         check_size(text)
-        d = new or self.draft(draft_id)
-        d.text, d.updated_at = text, now()
-        if base_version is not None:
-            d.base_version = base_version
-        write_atomic(self._draft_path(d.id), json.dumps(d.to_json()))
+        with self._draft_lock():
+            d = new or self.draft(draft_id)
+            if loaded_at is not None and loaded_at != d.updated_at:
+                raise DraftChanged(f"draft {d.id} was saved by {d.editor or d.author} at {d.updated_at}, after you "
+                                   f"opened it: nothing was saved; your text is still in the editor — copy it, "
+                                   f"reload the page, and bring your changes in")
+            d.text, d.updated_at, d.editor = text, stamp(), editor
+            write_atomic(self._draft_path(d.id), json.dumps(d.to_json()))
+        self.audit(editor, "save-draft", draft=d.id, sha256=sha256_text(text)[:16], bytes=len(text.encode()))
         return d
 
     def draft(self, draft_id: str) -> Draft:
         p = self._draft_path(draft_id)
         if not p.exists():
-            raise KeyError(f"no draft {draft_id!r}")
+            raise KeyError(f"no draft {draft_id!r} (discarded, or published)")
         return Draft(**json.loads(p.read_text()))
 
     def drafts(self) -> list[Draft]:
@@ -247,23 +295,38 @@ class Workbench:
         return sorted(ds, key=lambda d: d.updated_at, reverse=True)
 
     def discard_draft(self, draft_id: str, actor: str) -> None:
-        self._draft_path(draft_id).unlink(missing_ok=True)
+        with self._draft_lock():
+            self._draft_path(draft_id).unlink(missing_ok=True)
         self.audit(actor, "discard-draft", draft=draft_id)
 
     # ------------------------------------------------------------------ publish and roll back
     @contextlib.contextmanager
-    def _lock(self):
-        with open(self.dir / ".publish.lock", "w") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)   # one publish at a time, across processes and threads
+    def _flock(self, name: str):
+        with open(self.dir / name, "w") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)   # across processes and threads
             try:
                 yield
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
+    def _lock(self):
+        return self._flock(".publish.lock")
+
+    def _draft_lock(self):
+        return self._flock(".drafts.lock")
+
     def publish(self, text: str, base_version: str | None, author: str, message: str,
                 action: str = "publish") -> dict:
-        """Make ``text`` the active policy. Refused (nothing written) when it is invalid, too large, unchanged,
-        has no message, or when the active version is no longer ``base_version`` (:class:`Conflict`)."""
+        """Make ``text`` the active policy. Refused (nothing written, the refusal audited) when it is invalid, too
+        large, unchanged, renames the policy, has no message, or when the active version is no longer
+        ``base_version`` (:class:`Conflict`)."""
+        try:
+            return self._publish(text, base_version, author, message, action)
+        except (NotPublishable, TooLarge) as exc:
+            self.audit(author, f"{action}-refused", reason=str(exc)[:300], base_version=base_version)
+            raise
+
+    def _publish(self, text, base_version, author, message, action) -> dict:
         check_size(text)
         if not message.strip():
             raise NotPublishable("say in a few words what this version changes and why (the publish message)")
@@ -273,28 +336,30 @@ class Workbench:
                                  f"(it can still be saved as a draft)", problems)
         with self._lock():
             current_text = self.active_text()
-            current = parse(current_text, str(self.policy_path))
-            if base_version != current.version:
-                last = next((h for h in self.history() if h["version"] == current.version), {})
+            current = self.file_version(current_text)
+            if base_version != current:
+                last = next((h for h in self.history() if h["version"] == current and h.get("author")), {})
                 who = f" by {last['author']}" if last.get("author") else ""
                 when = f" at {last['at']}" if last.get("at") else ""
-                diff = "".join(difflib.unified_diff(
-                    current_text.splitlines(keepends=True), text.splitlines(keepends=True),
-                    f"active version {current.version}", "your draft"))
+                diff = diff_text(current_text, text, f"active version {current}", "your draft")
                 self.audit(author, f"{action}-refused", version=policy.version, base_version=base_version,
-                           active_version=current.version)
+                           active_version=current, reason="the active version changed")
                 raise Conflict(f"not published: the active policy changed since your draft started from version "
-                               f"{base_version} — version {current.version} was published{who}{when}. Your draft is "
+                               f"{base_version} — version {current} was published{who}{when}. Your draft is "
                                f"kept. Compare it with the active version below, bring in their changes, and "
-                               f"publish again.", current.version, diff)
-            if policy.version == current.version:
-                raise NotPublishable(f"nothing to publish: the draft is the active version {current.version}")
+                               f"publish again.", current, diff)
+            if policy.version == current:
+                raise NotPublishable(f"nothing to publish: the draft is the active version {current}")
+            name = self.active_name()
+            if name and policy.name != name:
+                raise NotPublishable(f"the draft renames the policy from {name!r} to {policy.name!r}: a new name is "
+                                     f"a new policy (its own file and golden set) — keep the name {name!r}")
             self.keep(text)
             write_atomic(self.policy_path, text)
-            rec = {"version": policy.version, "parent": current.version, "author": author, "at": now(),
+            rec = {"version": policy.version, "parent": current, "author": author, "at": now(),
                    "message": message.strip(), "action": action, "name": policy.name}
             _append_jsonl(self.history_path, rec)
-            self.audit(author, action, version=policy.version, parent=current.version, message=message.strip())
+            self.audit(author, action, version=policy.version, parent=current, message=message.strip())
         return rec
 
     def rollback(self, to_version: str, base_version: str | None, author: str, message: str) -> dict:
@@ -303,32 +368,35 @@ class Workbench:
 
     # ------------------------------------------------------------------ the audit log
     def audit(self, actor: str, action: str, **detail) -> None:
-        with self._audit_lock():
+        """Append one event. Each line carries the hash of the line before; ``audit.head`` holds the count and the
+        last line's hash, so a removed or edited last line shows too (:func:`verify_audit`)."""
+        with self._flock(".audit.lock"):
             lines = self.audit_path.read_bytes().splitlines() if self.audit_path.exists() else []
             prev = sha256_text(lines[-1].decode()) if lines else ""
-            _append_jsonl(self.audit_path, {"at": now(), "actor": actor, "action": action, **detail, "prev": prev})
-
-    @contextlib.contextmanager
-    def _audit_lock(self):
-        with open(self.dir / ".audit.lock", "w") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+            line = json.dumps({"at": now(), "actor": actor, "action": action, **detail, "prev": prev},
+                              ensure_ascii=False)
+            _append_jsonl(self.audit_path, json.loads(line))
+            write_atomic(self.audit_path.with_name("audit.head"),
+                         json.dumps({"lines": len(lines) + 1, "last": sha256_text(line)}))
 
     def audit_log(self) -> list[dict]:
         return _read_jsonl(self.audit_path)
 
 
 def verify_audit(path: Path) -> list[int]:
-    """Line numbers (1-based) whose ``prev`` does not match the line before: the log was edited there."""
+    """Line numbers (1-based) where the log was edited: a line whose ``prev`` is not the hash of the line before,
+    or — checked against ``audit.head`` — a last line that was changed, removed or added by hand."""
     lines = path.read_bytes().splitlines() if path.exists() else []
     bad, prev = [], ""
     for i, line in enumerate(lines, 1):
         if json.loads(line).get("prev") != prev:
             bad.append(i)
         prev = sha256_text(line.decode())
+    head = path.with_name("audit.head")
+    if head.exists():
+        h = json.loads(head.read_text())
+        if h["lines"] != len(lines) or h["last"] != prev:
+            bad.append(max(len(lines), 1))
     return bad
 
 

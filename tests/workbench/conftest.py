@@ -56,7 +56,9 @@ def client_for(wb_env):
 
     def make(access=None, deployment=None):
         cfg, paths, _ = wb_env
-        c = TestClient(create_app(CONFIG, paths, access or local_access(), deployment, cfg=cfg))
+        # loopback: a workbench without an access file answers to 127.0.0.1 / localhost only
+        c = TestClient(create_app(CONFIG, paths, access or local_access(), deployment, cfg=cfg),
+                       base_url="http://127.0.0.1")
         c.__enter__()
         clients.append(c)
         return c

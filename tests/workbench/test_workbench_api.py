@@ -121,11 +121,13 @@ def test_publish_is_atomic_recorded_and_rolled_back(client_for, wb_env):
     log = [(e["actor"], e["action"]) for e in json.loads("[" + ",".join(
         (paths.home / "workbench" / "audit.jsonl").read_text().splitlines()) + "]")]
     assert ("pia", "publish") in log and ("paul", "rollback") in log
-    assert verify_audit(paths.home / "workbench" / "audit.jsonl") == []
     audit = paths.home / "workbench" / "audit.jsonl"
+    assert verify_audit(audit) == []
     lines = audit.read_text().splitlines()
-    audit.write_text("\n".join(lines[:1] + lines[2:]) + "\n")        # someone deletes a line
-    assert verify_audit(audit) == [2]
+    audit.write_text("\n".join(lines[:-1]) + "\n")                   # someone removes the last line
+    assert verify_audit(audit) == [len(lines) - 1]
+    audit.write_text("\n".join(lines[:1] + lines[2:]) + "\n")        # or one in the middle
+    assert 2 in verify_audit(audit)
 
 
 def test_a_second_publish_from_the_same_version_is_refused_with_a_diff(client_for, wb_env):
@@ -222,7 +224,13 @@ def test_preview_runs_in_the_background_and_is_picked_up_again(stub_judge):
     assert r["calibration"]["new"]["policy_version"] == r["policy_versions"]["new"]
     # the same figures as `flywheel policy diff` computes for the same two files
     key_dir = paths.home / "workbench" / "previews" / s["key"]
-    ref = policy_impact(key_dir / "old.md", key_dir / "new.md", cfg, paths)
+    seen, calls_before = [], len(server.calls)
+    ref = policy_impact(key_dir / "old.md", key_dir / "new.md", cfg, paths,
+                        progress=lambda msg, step, steps: seen.append((step, msg)))
+    done = {step: [int(m.rsplit(": ", 1)[1].split()[0].replace(",", "")) for st, m in seen if st == step and "done" in m]
+            for step in (0, 1)}
+    assert all(d == sorted(d) and d for d in done.values())                  # pairs judged, counted as they come
+    assert done[0][-1] + done[1][-1] == len(server.calls) - calls_before     # one count a request
     figures = lambda a: {k: (m["qwk"], m["exact"], m["within_one"], m["n"], *m["qwk_ci95"]) for k, a in a.items()  # noqa: E731
                          for m in [a]}
     assert figures(ref["agreement"]) == figures(r["agreement"]) and len(ref["changed_pairs"]) == len(changed)
@@ -335,3 +343,73 @@ def test_the_form_edits_the_header_and_keeps_the_guidance(client_for, wb_env):
     assert (after.name, after.task, after.dimensions) == (before.name, before.task, before.dimensions)
     r = c.post("/api/form/read", json={"text": "no header"}, headers=bearer("vera"))
     assert r.status_code == 422 and "fix it in the text first" in r.json()["detail"]
+
+
+def test_the_version_found_first_can_be_rolled_back_to_and_an_invalid_file_is_survived(client_for, wb_env):
+    c = client_for(token_access())
+    _, paths, policy = wb_env
+    original = policy.read_text()
+    d = _new_draft(c)
+    c.put(f"/api/drafts/{d['id']}", json={"text": d["text"].replace("Excellent", "Perfect")}, headers=bearer("pia"))
+    v2 = c.post(f"/api/drafts/{d['id']}/publish", json={"message": "m"}, headers=bearer("pia")).json()["version"]
+    hist = c.get("/api/policy", headers=bearer("vera")).json()["history"]
+    assert [(h["version"], h["action"]) for h in hist] == [(v2, "publish"), ("23841e38bf905b62", "found")]
+    # someone breaks the file outside the workbench: every page still opens and says so
+    policy.write_text(original.replace("owner:", "ownr:"))
+    for url in ("/", "/labels", "/disagreements", "/audit", f"/versions/{v2}"):
+        r = c.get(url, headers=bearer("vera"))
+        assert r.status_code == 200, (url, r.text[-500:])
+    assert "has problems" in c.get("/", headers=bearer("vera")).text
+    current = c.get("/api/policy", headers=bearer("vera")).json()["version"]
+    assert current.startswith("unparsed-")
+    r = c.post("/api/rollback", json={"to_version": "23841e38bf905b62", "base_version": v2, "message": "fix"},
+               headers=bearer("pia"))
+    assert r.status_code == 409 and "ownr:" in r.json()["diff"]                 # guarded like any other
+    r = c.post("/api/rollback", json={"to_version": "23841e38bf905b62", "base_version": current, "message": "fix"},
+               headers=bearer("pia"))
+    assert r.status_code == 200 and policy.read_text() == original
+    # versions are looked up as versions, never as file patterns
+    for bad in ("*", "**", "../x", "23841e38bf905b6*"):
+        r = c.post("/api/rollback", json={"to_version": bad, "base_version": "x", "message": "m"},
+                   headers=bearer("pia"))
+        assert r.status_code == 404 and "not a policy version" in r.json()["detail"]
+    assert c.post("/api/drafts", json={"from_version": "*"}, headers=bearer("pia")).status_code == 404
+
+
+def test_a_draft_saved_elsewhere_is_not_overwritten(client_for):
+    c = client_for(token_access())
+    d = _new_draft(c, "eddie")
+    first = c.put(f"/api/drafts/{d['id']}", json={"text": d["text"] + "\nA.\n", "loaded_at": d["updated_at"]},
+                  headers=bearer("eddie"))
+    assert first.status_code == 200
+    stale = c.put(f"/api/drafts/{d['id']}", json={"text": d["text"] + "\nB.\n", "loaded_at": d["updated_at"]},
+                  headers=bearer("pia"))                                    # another tab, opened before that save
+    assert stale.status_code == 409 and "saved by eddie" in stale.json()["detail"]
+    assert c.get(f"/drafts/{d['id']}", headers=bearer("pia")).text.count("\nA.\n") == 1
+    c.delete(f"/api/drafts/{d['id']}", headers=bearer("eddie"))
+    gone = c.put(f"/api/drafts/{d['id']}", json={"text": "x"}, headers=bearer("eddie"))
+    assert gone.status_code == 404 and "discarded" in gone.json()["detail"]
+    assert c.delete("/api/drafts/../../x", headers=bearer("eddie")).status_code in (404, 405)
+
+
+def test_hostile_input_and_hosts(client_for, tmp_path, wb_env):
+    from flywheel.workbench.access import load_access
+
+    _, _, policy = wb_env
+    bomb = policy.read_text().replace("owner: search-relevance-pm", "owner: search-relevance-pm\nx: &a [1, 1]\n"
+                                      + "".join(f"x{i}: &a{i} [*a{i - 1 if i else ''}, *a{i - 1 if i else ''}]\n"
+                                                for i in range(1, 9)).replace("*a0", "*a"))
+    c = client_for()
+    t0 = time.perf_counter()
+    r = c.post("/api/validate", json={"text": bomb}, headers=XHR).json()
+    assert time.perf_counter() - t0 < 5 and not r["ok"] and "aliases" in r["problems"][0]["message"]
+    # without an access file the workbench answers to loopback names only (no DNS rebinding)
+    assert c.get("/health", headers={"Host": "attacker.example"}).status_code == 400
+    f = tmp_path / "access.yaml"
+    f.write_text("identity: local\nusers: [{name: a, role: publisher}]\n")
+    with pytest.raises(ValueError, match="identity: local"):
+        load_access(f)
+    f.write_text("identity: token\nusers: [{name: a, role: publisher, token_sha256: my-raw-secret-token}]\n")
+    with pytest.raises(ValueError) as exc:
+        load_access(f)
+    assert "my-raw-secret-token" not in str(exc.value) and "token_sha256" in str(exc.value)

@@ -62,7 +62,7 @@ function initEditor() {
   const card = $("draft"), editor = $("editor");
   if (!card || !editor) return;
   const draftId = card.dataset.draft;
-  let savedText = editor.value, timer = null, errorLines = new Set(), lastCheck = 0;
+  let savedText = editor.value, savedAt = card.dataset.updated, timer = null, errorLines = new Set(), lastCheck = 0;
 
   function renderGutter() {
     const n = editor.value.split("\n").length;
@@ -115,9 +115,9 @@ function initEditor() {
     timer = setTimeout(check, 350);
   }
   async function save() {
-    const r = await api("PUT", "/api/drafts/" + draftId, {text: editor.value});
+    const r = await api("PUT", "/api/drafts/" + draftId, {text: editor.value, loaded_at: savedAt});
     show($("save-error"), !r.ok);
-    if (r.ok) { savedText = editor.value; text($("save-state"), "saved " + r.data.updated_at); }
+    if (r.ok) { savedText = editor.value; savedAt = r.data.updated_at; text($("save-state"), "saved " + savedAt); }
     else text($("save-error"), detail(r.data));
     return r.ok;
   }
@@ -153,7 +153,6 @@ function initEditor() {
     }
     show($("cost-confirm"), false);
     if (!r.ok) { text($("preview-error"), detail(r.data)); show($("preview-error"), true); return; }
-    localStorage.setItem("preview:" + draftId, r.data.key);
     follow(r.data.key);
   }
   function follow(key) {
@@ -215,8 +214,7 @@ function initEditor() {
   }
   if ($("preview")) $("preview").addEventListener("click", () => preview(false));
   if ($("confirm-cost")) $("confirm-cost").addEventListener("click", () => preview(true));
-  const running = localStorage.getItem("preview:" + draftId);
-  if (running) follow(running);   // reopened page: pick the preview up where it is
+  if (card.dataset.preview) follow(card.dataset.preview);   // reopened: the preview of this text, where it is
 
   // ---------------------------------------------------------------- publish
   if ($("publish")) $("publish").addEventListener("click", async () => {
@@ -229,7 +227,6 @@ function initEditor() {
       out.className = "ok";
       out.textContent = "Published version " + r.data.version + ". The next labelling run recalibrates under it.";
       savedText = editor.value;
-      localStorage.removeItem("preview:" + draftId);
       setTimeout(() => { window.location = "/"; }, 1200);
       return;
     }
