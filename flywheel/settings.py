@@ -121,6 +121,7 @@ def configure_environment(home: str | os.PathLike | None = None) -> Paths:
         "MPLCONFIGDIR": str(paths.home / "matplotlib"),
         "GX_ANALYTICS_ENABLED": "false",
         "IR_DATASETS_HOME": str(paths.home / "ir_datasets"),   # ranx imports ir_datasets, which writes to ~
+        "FLYWHEEL_CACHE": str(paths.home / "cache"),          # content-keyed caches (document embeddings)
     }
     if force or _user_tracking_uri() is None:
         os.environ["MLFLOW_TRACKING_URI"] = os.environ[_DERIVED] = paths.mlflow_uri

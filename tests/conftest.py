@@ -11,6 +11,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 _HOME = tempfile.mkdtemp(prefix="flywheel-test-")
 os.environ["FLYWHEEL_HOME"] = _HOME
+# one cache of content-keyed results (document embeddings) for the whole session, whatever home a test uses
+os.environ["FLYWHEEL_CACHE"] = os.path.join(_HOME, "cache")
 # A run leaves about 3 GB of checkpoints and MLflow artifacts behind: gone at exit, unless asked to keep them to debug.
 if not os.environ.get("FLYWHEEL_KEEP_TEST_HOME"):
     atexit.register(shutil.rmtree, _HOME, ignore_errors=True)

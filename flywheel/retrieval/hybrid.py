@@ -40,8 +40,8 @@ def encode(texts: list[str], batch_size: int = 64) -> np.ndarray:
 
 def encode_documents(texts: list[str]) -> np.ndarray:
     """:func:`encode`, kept on disk by content (sha256 of the encoder and every text) under ``$FLYWHEEL_CACHE``
-    (default ``~/.cache/flywheel``): every process that indexes the same documents — a flow run, a workbench
-    preview, a test — encodes them once per machine instead of once per process."""
+    (default ``$FLYWHEEL_HOME/cache``): every process that indexes the same documents — a flow run, a workbench
+    preview, a test — encodes them once instead of once per process."""
     import hashlib
     import os
     from pathlib import Path
@@ -49,7 +49,8 @@ def encode_documents(texts: list[str]) -> np.ndarray:
     h = hashlib.sha256(b"all-MiniLM-L6-v2\0")
     for t in texts:
         h.update(t.encode("utf-8") + b"\0")
-    cache = Path(os.environ.get("FLYWHEEL_CACHE") or Path.home() / ".cache" / "flywheel") / "embeddings"
+    root = os.environ.get("FLYWHEEL_CACHE") or Path(os.environ.get("FLYWHEEL_HOME") or ".flywheel") / "cache"
+    cache = Path(root) / "embeddings"
     path = cache / f"{h.hexdigest()[:32]}.npy"
     if path.exists():
         try:
