@@ -236,11 +236,11 @@ class Workbench:
         """Every version the active policy has had, newest first: the workbench's publishes and rollbacks, the
         version it found, and the versions flow runs ingested from the file (author unknown)."""
         out, seen = [], set()
-        for rec in _read_jsonl(self.history_path):
+        for rec in reversed(_read_jsonl(self.history_path)):   # newest first: equal seconds keep the file's order
             out.append(rec)
             seen.add(rec["version"])
         name = self.active_name()
-        for rec in _read_jsonl(self.versions_dir / "versions.jsonl"):
+        for rec in reversed(_read_jsonl(self.versions_dir / "versions.jsonl")):
             if rec.get("name") == name and rec["version"] not in seen:
                 seen.add(rec["version"])
                 out.append({"version": rec["version"], "author": None, "at": rec.get("ingested_at"),
