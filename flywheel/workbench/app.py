@@ -275,11 +275,10 @@ def create_app(config_path: str, paths: Paths, access: Access, preview_deploymen
         status.pop("trace", None)   # stays in the preview's status file for whoever runs the workbench
         return {**status, "result": previews.result(key) if status["state"] == "done" else None}
 
-    @app.post("/api/drafts/{draft_id}/publish")
-    def api_publish(draft_id: str, message: str = Body(..., embed=True), user: User = Depends(need("publisher"))):
+    def publishing(change):
+        """Run a publish or a rollback; each refusal becomes its HTTP answer (nothing was written)."""
         try:
-            d = wb.draft(draft_id)
-            rec = wb.publish(d.text, d.base_version, user.name, message)
+            return change()
         except KeyError as exc:
             raise HTTPException(404, str(exc)) from None
         except TooLarge as exc:
@@ -290,23 +289,20 @@ def create_app(config_path: str, paths: Paths, access: Access, preview_deploymen
         except NotPublishable as exc:
             return JSONResponse({"detail": str(exc), "problems": [{"line": ln, "message": m}
                                                                   for ln, m in exc.problems]}, status_code=422)
-        wb.discard_draft(draft_id, user.name)
-        return rec
+
+    @app.post("/api/drafts/{draft_id}/publish")
+    def api_publish(draft_id: str, message: str = Body(..., embed=True), user: User = Depends(need("publisher"))):
+        def change():
+            d = wb.draft(draft_id)
+            rec = wb.publish(d.text, d.base_version, user.name, message)
+            wb.discard_draft(draft_id, user.name)
+            return rec
+        return publishing(change)
 
     @app.post("/api/rollback")
     def api_rollback(to_version: str = Body(...), base_version: str = Body(...), message: str = Body(""),
                      user: User = Depends(need("publisher"))):
-        try:
-            return wb.rollback(to_version, base_version, user.name, message)
-        except KeyError as exc:
-            raise HTTPException(404, str(exc)) from None
-        except TooLarge as exc:
-            raise HTTPException(413, str(exc)) from None
-        except Conflict as exc:
-            return JSONResponse({"detail": str(exc), "current_version": exc.current_version, "diff": exc.diff},
-                                status_code=409)
-        except NotPublishable as exc:
-            return JSONResponse({"detail": str(exc)}, status_code=422)
+        return publishing(lambda: wb.rollback(to_version, base_version, user.name, message))
 
     @app.get("/api/policy")
     def api_policy(user: User = Depends(need("viewer"))):
