@@ -15,6 +15,7 @@ from transformers import BertModel, BertPreTrainedModel
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from models.contract import check_layers, doc_strings, placeholder_id
+from models.loading import hf_load
 
 
 class BertMeanPoolRanker(BertPreTrainedModel):
@@ -68,7 +69,8 @@ def build_cross_encoder(layers: list[int] | None = None, base: str | None = None
     torch.manual_seed(seed)
     base = base or minilm_path()
     logging.set_verbosity_error()   # the fresh scoring head is expected, not an error
-    model = BertMeanPoolRanker.from_pretrained(base)
+    with hf_load:
+        model = BertMeanPoolRanker.from_pretrained(base)
     # Start as the pretrained similarity model (score = 10·cos(query, document) − 5), so training refines a
     # ranker that already works instead of learning relevance from a few hundred labels from scratch.
     with torch.no_grad():

@@ -21,6 +21,7 @@ from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from models.contract import ScoringContract, check_layers, doc_strings, placeholder_id
+from models.loading import hf_load
 
 INSTRUCTION = ('Judge whether the document meets the needs of the search query. Answer only "yes" or "no".')
 PREFIX = "{instruction}\nQuery: {query}\nDocument: "
@@ -330,7 +331,8 @@ def load_causal_lm(path: str | Path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(path))
-    lm = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
+    with hf_load:
+        lm = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return lm, tok

@@ -21,6 +21,7 @@ from models.compress import SoftTokenRanker
 from models.contract import CONTRACT_FILE, ScoringContract, doc_strings, load_contract
 from models.cross_encoder import BertMeanPoolRanker
 from models.decoder import DecoderRanker
+from models.loading import hf_load
 from models.runtime import is_sharded
 
 
@@ -41,10 +42,12 @@ def load_ranker(path: str | Path):
     if contract.family == "decoder":
         from transformers import AutoModelForCausalLM
 
-        lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        with hf_load:
+            lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
         model = DecoderRanker(lm, contract.yes_token_id, contract.no_token_id).eval()
     elif contract.family == "encoder":
-        model = BertMeanPoolRanker.from_pretrained(path).eval()
+        with hf_load:
+            model = BertMeanPoolRanker.from_pretrained(path).eval()
     else:
         raise ValueError(f"{path}: unknown ranker family {contract.family!r} (encoder or decoder)")
     if contract.compression == "soft":

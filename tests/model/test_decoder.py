@@ -141,6 +141,40 @@ def test_saved_ranker_loads_by_contract_and_scores_the_same(tmp_path, tiny):
     np.testing.assert_allclose(score_pairs(m2, tok2, c2, *args), score_pairs(model, tok, contract, *args), atol=1e-5)
 
 
+def test_rankers_loaded_in_many_threads_at_once_load_whole_and_leave_later_loads_whole(tmp_path, tiny):
+    """The scoring service loads a promoted model in its poller thread while others load too. transformers 5 swaps
+    process-wide functions during from_pretrained; unserialised, six threads loading at once left
+    PreTrainedModel.tie_weights a no-op for the rest of the process, and every later load of a tied decoder kept
+    its output layer on the meta device ("Cannot copy out of meta tensor"). models.loading serialises the loads."""
+    import threading
+
+    import torch
+    from transformers.modeling_utils import PreTrainedModel
+
+    model, tok, contract = tiny
+    path = save_ranker(model, tok, contract, tmp_path / "dec")
+    before = (PreTrainedModel.init_weights, PreTrainedModel.tie_weights, torch.nn.init.normal_)
+    loaded, errors = [], []
+
+    def load():
+        try:
+            for _ in range(5):
+                loaded.append(load_ranker(path)[0])
+        except Exception as exc:          # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=load) for _ in range(6)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert not errors and len(loaded) == 30
+    assert (PreTrainedModel.init_weights, PreTrainedModel.tie_weights, torch.nn.init.normal_) == before
+    args = (["water quality"], ["Water samples"], ["Lab results by site"])
+    want = score_pairs(model, tok, contract, *args)
+    for m in loaded[::7] + [load_ranker(path)[0]]:
+        assert not any(p.is_meta for p in m.parameters())
+        np.testing.assert_allclose(score_pairs(m, tok, contract, *args), want, atol=1e-5)
+
+
 def test_depth_pruned_decoder_loads_with_plain_from_pretrained_and_caches_consistently(tmp_path, tiny):
     from transformers import AutoModelForCausalLM
 
