@@ -137,7 +137,8 @@ def figures(summary: dict, counts: dict, name: str, family: str) -> dict:
                                if isinstance(r, dict) and r.get("pseudo_queries")}
             | ({"labelled (retrieval)": ps} if (ps := (summary.get("candidates") or {}).get("pseudo_queries")) else {}),
             "promotion": {k: (summary.get("promotion") or {}).get(k) for k in ("promoted", "reason", "champion")},
-            "length_curve": comp.get("length_curve"), "report": summary.get("report")}
+            "length_curve": comp.get("length_curve"), "report": summary.get("report"),
+            "stages": [{"stage": st["stage"], "seconds": round(st["seconds"], 1)} for st in summary.get("stages") or []]}
 
 
 def targets(systems: dict, evaluation: dict) -> dict:
@@ -212,6 +213,9 @@ def print_figures(out: dict) -> None:
         con.print(f"{k}: {p['made']} of {p['requested']} pseudo-queries {p['by_method']}"
                   + (f" — {p['why_fewer']}" if p.get("why_fewer") else ""))
     con.print(f"promotion: {'promoted' if out['promotion']['promoted'] else 'NOT promoted'} — {out['promotion']['reason']}")
+    if out.get("stages"):
+        con.print("stage minutes: " + ", ".join(f"{st['stage']} {st['seconds'] / 60:.1f}" for st in out["stages"])
+                  + f"; flow total {sum(st['seconds'] for st in out['stages']) / 60:.1f}")
 
 
 if __name__ == "__main__":

@@ -305,7 +305,6 @@ def train_teacher(judge_version: str, labels_fingerprint: str, cfg: FlywheelConf
     untrained starting point (``start`` in the summary), the zero-shot baseline every rung is reported beside."""
     from flywheel.judge.policy import load_policy
     from flywheel.labeling.daily import training_pairs
-    from models.train import TrainConfig
 
     rung, lc = cfg.ladder.rungs[0], cfg.ladder
     pairs = training_pairs(judge_version, paths)
@@ -323,18 +322,30 @@ def train_teacher(judge_version: str, labels_fingerprint: str, cfg: FlywheelConf
     if rt.is_main and not (start / "model.safetensors").exists():
         _save_atomic(model, tok, contract, start)
     model = with_lora(model, rung, cfg.seed)
-    train, val = split_validation(pairs, cfg)
-    losses, validation = train_validated(model, tok, contract, train, val, "target", "labels",
-                                         TrainConfig(epochs=rung.epochs, lr=rung.lr, batch_size=lc.batch_size,
-                                                     seed=cfg.seed, ranknet_weight=lc.teacher_ranknet_weight,
-                                                     **scale_settings(rung, lc)),
-                                         cfg, progress, runtime=rt, checkpoint_dir=steps_dir(out),
-                                         token_cache=paths.models / "tokens")
+    train, losses, validation = fit_teacher(model, tok, contract, pairs, cfg, paths, progress, runtime=rt,
+                                            checkpoint_dir=steps_dir(out))
     if not save_rung(model, tok, contract, out, rt):
         return None
     return _summary(out, losses, time.time() - t, rung="teacher", pairs=int(len(pairs)), train_pairs=int(len(train)),
                     train_queries=int(train.query_id.nunique()), target=lc.teacher_target, validation=validation,
                     start=_summary(start, [], 0.0, rung="zero_shot_start"))
+
+
+def fit_teacher(model, tok, contract, pairs: pd.DataFrame, cfg: FlywheelConfig, paths: Paths, progress=None,
+                **kw) -> tuple[pd.DataFrame, list[float], dict]:
+    """Train the teacher in place on judge-labelled ``pairs`` (with ``target``: :func:`teacher_targets`), holding
+    out the validation fold (:func:`split_validation`); (training pairs, losses, validation figures). What
+    :func:`train_teacher` runs, and ``bench/labels_curve.py`` on subsets of the day's labels."""
+    from models.train import TrainConfig
+
+    rung, lc = cfg.ladder.rungs[0], cfg.ladder
+    train, val = split_validation(pairs, cfg)
+    losses, validation = train_validated(model, tok, contract, train, val, "target", "labels",
+                                         TrainConfig(epochs=rung.epochs, lr=rung.lr, batch_size=lc.batch_size,
+                                                     seed=cfg.seed, ranknet_weight=lc.teacher_ranknet_weight,
+                                                     **scale_settings(rung, lc)),
+                                         cfg, progress, token_cache=paths.models / "tokens", **kw)
+    return train, losses, validation
 
 
 def _validation_key(lc) -> list[str]:
