@@ -3,15 +3,18 @@
     python bench/labels_curve.py --home /tmp/qa1 --policy policies/job_title_search.md [--points 8:0,8:120,32:300]
 
 The home's lake holds the day's judge labels of its training queries, real and pseudo. Each point ``K:P`` keeps
-every real training query and the first ``P`` pseudo-queries (in the order they were made, so smaller sets nest
-in larger ones), with up to ``K`` labels a query drawn as ``retrieval.per_grade = K / grades`` draws them
-(stratified by grade, seeded per query: :func:`flywheel.labeling.candidates.stratify`, the judge's grade in
-place of the pre-judge's). It trains the teacher as the flow does (:func:`flywheel.training.ladder.fit_teacher`:
+every real training query and ``P`` of the labelled pseudo-queries — the first ``P`` in the lake's order (by
+document id, not by draw: a seeded subset of the seeded draw, not necessarily the set the flow would label with
+``retrieval.pseudo_queries: P``; smaller sets nest in larger ones) — with up to ``K`` labels a query, drawn as
+``retrieval.per_grade = K // grades`` draws them (stratified by grade, seeded per query:
+:func:`flywheel.labeling.candidates.stratify`, the judge's grade in place of the pre-judge's; ``K`` is rounded
+down to a multiple of the number of grades). It trains the teacher as the flow does (:func:`flywheel.training.ladder.fit_teacher`:
 same rung, validation fold and early stopping) and measures it on the held-out test split in both protocols,
 beside the judge and the baselines, with its validation figure (NDCG@10 against the judge on the fold's held-out
 real queries, which keep all their labels at every point: what a choice between points may read; the test split
 is only reported). Minutes: the judge's seconds a pair, timed here in one process on the home's pairs
-with its LM cache off, × labels (the flow labels in shards, two at a time on 2 cores); and the teacher's training wall time. ``--json`` writes every figure.
+with its LM cache off, × labels (the flow labels in shards, two at a time on 2 cores, so its own rate is faster: compare
+the labelling stage's minutes that ``bench/quality.py`` prints); and the teacher's training wall time. ``--json`` writes every figure.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def parse_points(text: str) -> list[tuple[int, int]]:
+def parse_points(text: str, n_grades: int = 1) -> list[tuple[int, int]]:
     try:
         pts = [tuple(int(x) for x in p.split(":")) for p in text.split(",") if p.strip()]
     except ValueError:
@@ -35,6 +38,9 @@ def parse_points(text: str) -> list[tuple[int, int]]:
     if not pts or any(len(p) != 2 or p[0] < 1 or p[1] < 0 for p in pts):
         raise SystemExit(f"--points {text!r}: give K:P pairs (labels a query >= 1, pseudo-queries >= 0), "
                          "comma-separated, e.g. 8:0,8:120,32:300")
+    if short := [k for k, _ in pts if k < n_grades]:
+        raise SystemExit(f"--points: K {short} is below the policy's {n_grades} grades; K labels a query are drawn "
+                         f"K // {n_grades} from each grade, so give K >= {n_grades}")
     return pts
 
 
@@ -49,9 +55,7 @@ def subset(pairs, per_query: int, n_pseudo: int, n_grades: int, order: list[str]
     sel = pairs[(~pairs.query_id.str.startswith("pseudo:") | pairs.query_id.isin(keep_pseudo))
                 & ~pairs.query_id.isin(held)]
     sel = sel.assign(predicted_grade=sel.grade.astype(int)).reset_index(drop=True)
-    per_grade = max(1, per_query // n_grades)
-    out = stratify(sel, per_grade, n_grades, seed)
-    out = out.groupby("query_id", sort=True).head(per_query).drop(columns="predicted_grade")
+    out = stratify(sel, per_query // n_grades, n_grades, seed).drop(columns="predicted_grade")
     return pd.concat([out, pairs[pairs.query_id.isin(held)]]).sort_values(["query_id", "doc_id"]).reset_index(drop=True)
 
 
@@ -79,13 +83,15 @@ def main(argv=None) -> dict:
     ap.add_argument("--config", type=Path, default=ROOT / "configs" / "quality.yaml", help="the config that run used")
     ap.add_argument("--points", default="8:0,8:120,16:120,32:120,32:300",
                     help="K:P,... — up to K labels a query, the first P pseudo-queries")
+    ap.add_argument("--judge-version", default=None,
+                    help="the judge whose labels to use (default: the one with the most labels in the lake)")
     ap.add_argument("--json", type=Path, default=None)
     a = ap.parse_args(argv)
-    points = parse_points(a.points)
     if not (a.home / "golden" / "golden_labels.parquet").exists():
         raise SystemExit(f"{a.home} holds no bench golden set: run bench/quality.py --home {a.home} first")
     os.environ["FLYWHEEL_HOME"] = str(a.home.resolve())
 
+    import numpy as np
     from rich.console import Console
     from rich.table import Table
 
@@ -99,17 +105,22 @@ def main(argv=None) -> dict:
     from flywheel.metrics import ndcg_at_10
     from flywheel.retrieval.hybrid import retriever
     from flywheel.settings import get_paths
-    from flywheel.training.ladder import build_rung, fit_teacher, split_validation, teacher_targets
+    from flywheel.training.ladder import (build_rung, fit_teacher, rung_runtime, split_validation, teacher_targets,
+                                          with_lora)
     from models.ranker import score_pairs
 
     cfg = load_config(a.config)
     cfg = cfg.model_copy(update={"golden": str((a.home / "golden").resolve()), "policy": str(a.policy.resolve())})
     paths, policy = get_paths(), load_policy(a.policy)
+    points = parse_points(a.points, policy.max_grade + 1)
     lk = open_lake(paths)
     labels = lk.read("judge_labels")
     if labels.empty:
         raise SystemExit(f"{a.home}: no judge labels: the bench run did not get to labelling")
-    judge_version = labels.judge_version.value_counts().idxmax()
+    judge_version = a.judge_version or labels.judge_version.value_counts().idxmax()
+    if judge_version not in set(labels.judge_version):
+        raise SystemExit(f"--judge-version {judge_version}: no labels of that judge in {a.home} "
+                         f"(it holds {sorted(set(labels.judge_version))})")
     pairs = training_pairs(judge_version, paths)
     pairs["target"] = teacher_targets(pairs, policy.max_grade, cfg.ladder.teacher_target)
     queries = lk.read("queries")
@@ -123,10 +134,13 @@ def main(argv=None) -> dict:
     ret = retriever(paths)
     ft, fp = ret.pair_features(test), ret.pair_features(pool)
     jt, jp = judge.judge(test), judge.judge(pool)
+    ok = (jt.parse_status == "ok").to_numpy()
+    # as evaluation ranks the judge: by grade, its score breaking ties; a failed reply ranks last in the pool
+    by_grade = lambda j: j.grade.astype(float).fillna(0) + 1e-3 * j.score.fillna(0)      # noqa: E731
     base = {"bm25": (ndcg_at_10(test, ft.bm25), rerank_ndcg(test, pool, fp.bm25)),
             "bi-encoder": (ndcg_at_10(test, ft.cosine), rerank_ndcg(test, pool, fp.cosine)),
-            "judge": (ndcg_at_10(test, jt.grade.astype(float) + 1e-3 * jt.score),
-                      rerank_ndcg(test, pool, jp.grade.astype(float) + 1e-3 * jp.score))}
+            "judge": (ndcg_at_10(test[ok], by_grade(jt)[ok]),
+                      rerank_ndcg(test, pool, np.where(jp.parse_status == "ok", by_grade(jp), -1.0)))}
 
     def measure(model, tok, contract):
         return (ndcg_at_10(test, score_pairs(model, tok, contract, test["query"].tolist(), test.title.tolist(),
@@ -139,9 +153,14 @@ def main(argv=None) -> dict:
     rows = []
     for k, p in points:
         sub = subset(pairs, k, p, policy.max_grade + 1, order, cfg.seed, held)
-        model, tok, contract = build_rung(cfg.ladder.rungs[0], paths, cfg.seed)
+        rung = cfg.ladder.rungs[0]
+        model, tok, contract = build_rung(rung, paths, cfg.seed)
+        model = with_lora(model, rung, cfg.seed)                 # as train_teacher: adapters, device, precision
         t = time.perf_counter()
-        train, losses, val = fit_teacher(model, tok, contract, sub, cfg, paths)
+        train, losses, val = fit_teacher(model, tok, contract, sub, cfg, paths, runtime=rung_runtime(rung))
+        from models.lora import merge_lora
+
+        model = merge_lora(model).to("cpu").eval()
         minutes = (time.perf_counter() - t) / 60
         judged, rerank = measure(model, tok, contract)
         rows.append({"labels_per_query": k, "pseudo_queries": int(min(p, len(order))), "labels": int(len(sub)),
@@ -155,7 +174,7 @@ def main(argv=None) -> dict:
 
     table = Table(title=f"Teacher vs. judge labels — {a.home.name}, {test.query_id.nunique()} test queries; "
                         f"judge {rate:.3f} s a pair")
-    for c in ("labels a query ≤", "pseudo-queries", "labels", "judge min", "teacher min", "kept",
+    for c in ("labels a query ≤", "pseudo-queries", "labels", "judge min (1 process)", "teacher min", "kept",
               "validation", "NDCG@10 judged", "/ judge", "NDCG@10 rerank"):
         table.add_column(c, justify="right")
     for name, (j, r) in base.items():

@@ -324,7 +324,8 @@ def build_tiny_qwen3(tokenizer, preset: str = "qwen3-tiny", seed: int = 0):
                       head_dim=hidden // heads, max_position_embeddings=1024, tie_word_embeddings=True,
                       pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
                       bos_token_id=None)
-    return Qwen3ForCausalLM(cfg).eval()
+    with hf_load:                      # construction ties the embeddings: not while another thread loads
+        return Qwen3ForCausalLM(cfg).eval()
 
 
 def load_causal_lm(path: str | Path):

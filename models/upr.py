@@ -44,10 +44,10 @@ def gemma_checkpoint(models_dir: Path) -> Path:
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     with hf_load:
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-    # A GGUF-loaded model refuses save_pretrained: copy its (dequantized) weights into a fresh model of the same
-    # config, then drop the config's "gguf" quantization, or every model loaded from this checkpoint would refuse
-    # to save too (a trained rung).
-    fresh = type(model)(model.config)
+        # A GGUF-loaded model refuses save_pretrained: copy its (dequantized) weights into a fresh model of the same
+        # config, then drop the config's "gguf" quantization, or every model loaded from this checkpoint would
+        # refuse to save too (a trained rung). Built under the lock too: construction ties weights.
+        fresh = type(model)(model.config)
     fresh.load_state_dict(model.state_dict())
     tmp = out.with_name(out.name + ".tmp")
     fresh.save_pretrained(tmp)

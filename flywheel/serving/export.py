@@ -144,11 +144,14 @@ def _export_decoder(checkpoint: Path, contract: ScoringContract, tmp: Path) -> d
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-    lm = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)   # as stored: lossless
-    cfg = lm.config.__class__.from_dict(lm.config.to_dict())
-    cfg.num_labels, cfg.pad_token_id, cfg.architectures = 1, contract.pad_token_id, None
-    cfg.sentence_transformers = {"activation_fn": IDENTITY}     # CrossEncoder: the raw score, not its sigmoid
-    cls = AutoModelForSequenceClassification.from_config(cfg, dtype=torch.float32)
+    from models.loading import hf_load
+
+    with hf_load:
+        lm = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)   # as stored: lossless
+        cfg = lm.config.__class__.from_dict(lm.config.to_dict())
+        cfg.num_labels, cfg.pad_token_id, cfg.architectures = 1, contract.pad_token_id, None
+        cfg.sentence_transformers = {"activation_fn": IDENTITY}     # CrossEncoder: the raw score, not its sigmoid
+        cls = AutoModelForSequenceClassification.from_config(cfg, dtype=torch.float32)
     score = getattr(cls, "score", None)
     if not isinstance(score, torch.nn.Linear) or score.out_features != 1 or score.bias is not None:
         raise ValueError(f"{type(cls).__name__} has no bias-free one-row `score` layer to hold W[yes] − W[no]")

@@ -50,3 +50,5 @@ def test_points_are_parsed_or_refused_with_the_form_to_use(curve):
     for bad in ("8", "8:x", "0:5", ""):
         with pytest.raises(SystemExit, match="K:P"):
             curve.parse_points(bad)
+    with pytest.raises(SystemExit, match="below the policy's 4 grades"):     # K // grades from each grade: 0
+        curve.parse_points("3:10,8:0", n_grades=4)
