@@ -91,14 +91,13 @@ def main(argv=None) -> dict:
         raise SystemExit(f"{a.home} holds no bench golden set: run bench/quality.py --home {a.home} first")
     os.environ["FLYWHEEL_HOME"] = str(a.home.resolve())
 
-    import numpy as np
     from rich.console import Console
     from rich.table import Table
 
     from flywheel.config import load_config
     from flywheel.data.golden import load_golden
     from flywheel.data.lake import open_lake
-    from flywheel.evaluation.evaluate import rerank_ndcg, rerank_pool
+    from flywheel.evaluation.evaluate import judge_ranking, rerank_ndcg, rerank_pool
     from flywheel.judge import store
     from flywheel.judge.policy import load_policy
     from flywheel.labeling.daily import training_pairs
@@ -107,6 +106,7 @@ def main(argv=None) -> dict:
     from flywheel.settings import get_paths
     from flywheel.training.ladder import (build_rung, fit_teacher, rung_runtime, split_validation, teacher_targets,
                                           with_lora)
+    from models.lora import merge_lora
     from models.ranker import score_pairs
 
     cfg = load_config(a.config)
@@ -135,12 +135,9 @@ def main(argv=None) -> dict:
     ft, fp = ret.pair_features(test), ret.pair_features(pool)
     jt, jp = judge.judge(test), judge.judge(pool)
     ok = (jt.parse_status == "ok").to_numpy()
-    # as evaluation ranks the judge: by grade, its score breaking ties; a failed reply ranks last in the pool
-    by_grade = lambda j: j.grade.astype(float).fillna(0) + 1e-3 * j.score.fillna(0)      # noqa: E731
     base = {"bm25": (ndcg_at_10(test, ft.bm25), rerank_ndcg(test, pool, fp.bm25)),
             "bi-encoder": (ndcg_at_10(test, ft.cosine), rerank_ndcg(test, pool, fp.cosine)),
-            "judge": (ndcg_at_10(test[ok], by_grade(jt)[ok]),
-                      rerank_ndcg(test, pool, np.where(jp.parse_status == "ok", by_grade(jp), -1.0)))}
+            "judge": (ndcg_at_10(test[ok], judge_ranking(jt)[ok]), rerank_ndcg(test, pool, judge_ranking(jp)))}
 
     def measure(model, tok, contract):
         return (ndcg_at_10(test, score_pairs(model, tok, contract, test["query"].tolist(), test.title.tolist(),
@@ -158,8 +155,6 @@ def main(argv=None) -> dict:
         model = with_lora(model, rung, cfg.seed)                 # as train_teacher: adapters, device, precision
         t = time.perf_counter()
         train, losses, val = fit_teacher(model, tok, contract, sub, cfg, paths, runtime=rung_runtime(rung))
-        from models.lora import merge_lora
-
         model = merge_lora(model).to("cpu").eval()
         minutes = (time.perf_counter() - t) / 60
         judged, rerank = measure(model, tok, contract)

@@ -136,6 +136,13 @@ def rerank_ndcg(test: pd.DataFrame, pool: pd.DataFrame, scores) -> float:
     return float(evaluate(Qrels(qrels), Run(run), "ndcg@10"))
 
 
+def judge_ranking(j: pd.DataFrame) -> np.ndarray:
+    """How evaluation ranks the judge's replies ``j``: by grade, its continuous score only breaking ties inside a
+    grade; a reply that failed to parse ranks last (−1)."""
+    ok = (j.parse_status == "ok").to_numpy()
+    return np.where(ok, j.grade.astype(float).fillna(0).to_numpy() + 1e-3 * j.score.fillna(0).to_numpy(), -1.0)
+
+
 def rerank_protocol(rungs: dict, judge, test: pd.DataFrame, depth: int, paths: Paths) -> dict:
     """NDCG@10 of BM25, the bi-encoder, the judge and every rung in the rerank protocol (:func:`rerank_pool`)."""
     from models.ranker import load_ranker, score_pairs
@@ -143,10 +150,7 @@ def rerank_protocol(rungs: dict, judge, test: pd.DataFrame, depth: int, paths: P
     pool = rerank_pool(test, depth, paths)
     feats = retriever(paths).pair_features(pool)
     out = {"bm25": rerank_ndcg(test, pool, feats.bm25), "bi-encoder": rerank_ndcg(test, pool, feats.cosine)}
-    j = judge.judge(pool)
-    ok = (j.parse_status == "ok").to_numpy()
-    out["judge"] = rerank_ndcg(test, pool, np.where(ok, j.grade.astype(float).fillna(0) + 1e-3 * j.score.fillna(0),
-                                                    -1.0))
+    out["judge"] = rerank_ndcg(test, pool, judge_ranking(judge.judge(pool)))
     for name, info in rungs.items():
         model, tok, contract = load_ranker(info["path"])
         if contract.compression == "soft":
@@ -179,10 +183,8 @@ def evaluate_all(rungs: dict, judge_version: str, run_id: str, cfg: FlywheelConf
     policy = load_policy(cfg.resolve(cfg.policy))
     judge = store.load_judge(judge_version, policy, cfg, paths)
     j = judge.judge(test)
-    ok = j.parse_status == "ok"
-    # Rank by grade; the judge's continuous score only breaks ties inside a grade.
-    systems["judge"] = {"ndcg@10": ndcg_at_10(test[ok], j.grade[ok].astype(float) + 1e-3 * j.score[ok].fillna(0)),
-                        "n_params": None}
+    ok = (j.parse_status == "ok").to_numpy()
+    systems["judge"] = {"ndcg@10": ndcg_at_10(test[ok], judge_ranking(j)[ok]), "n_params": None}
     systems |= evaluate_rungs(rungs, test, paths)
     ec = cfg.evaluation
     rerank = rerank_protocol(rungs, judge, test, ec.rerank_depth, paths) if ec.rerank_depth else None
