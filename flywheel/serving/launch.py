@@ -72,14 +72,18 @@ def run_one(args, settings) -> None:
     where = {"fd": args.fd} if args.fd is not None else {"host": args.host, "port": args.port}
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=settings.drain_s,
                                            **where))
-    stop = server.handle_exit
+    server.handle_exit = drain_on_signal(app, server.handle_exit)
+    server.run()
 
-    def handle_exit(sig, frame):           # /ready says 503 from the signal on, while requests in flight finish
+
+def drain_on_signal(app, stop):
+    """The worker's SIGTERM/SIGINT handler: ``/ready`` says 503 from the signal on (``app.state.begin_drain``,
+    which takes no lock), then uvicorn's own ``stop`` lets the requests in flight finish."""
+    def handle_exit(sig, frame):
         app.state.begin_drain()
         stop(sig, frame)
 
-    server.handle_exit = handle_exit
-    server.run()
+    return handle_exit
 
 
 def run_replicas(args, settings, devices: list[str]) -> int:
@@ -103,9 +107,11 @@ def run_replicas(args, settings, devices: list[str]) -> int:
         return subprocess.Popen(cmd, pass_fds=[sock.fileno()], env=env)
 
     def on_signal(signum, _frame):
+        # the socket is closed by the loop below, not here: a signal arriving while a worker is being started
+        # again would close the descriptor start() is passing on (not by blocking signals around start(): a
+        # child inherits the blocked mask and would never see SIGTERM)
         nonlocal stopping
         stopping = True
-        sock.close()                       # no new connections queue up in a backlog nobody will accept from
         for p in procs.values():
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
@@ -129,6 +135,7 @@ def run_replicas(args, settings, devices: list[str]) -> int:
                 procs[i] = start(devices[i])
                 next_start[i] = time.time() + delay
         if stopping:
+            sock.close()                   # no new connections queue up in a backlog nobody will accept from
             for p in procs.values():       # again: a worker started while the signal arrived has not had it
                 if p.poll() is None:
                     p.send_signal(signal.SIGTERM)

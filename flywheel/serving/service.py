@@ -134,7 +134,7 @@ def create_app(model_name: str, alias: str = "champion", settings=None, token: s
     async def lifespan(_app):
         metrics.ready.set(0)
         batcher.start()
-        while load_first and holder.current is None:
+        while load_first and holder.current is None and not state["draining"]:   # SIGTERM while loading: stop
             try:
                 await asyncio.to_thread(holder.refresh)
             except Exception:
@@ -154,8 +154,16 @@ def create_app(model_name: str, alias: str = "champion", settings=None, token: s
     app.state.holder, app.state.batcher, app.state.metrics = holder, batcher, metrics
 
     def begin_drain():
+        """What the SIGTERM handler does: set a flag (``/ready`` answers 503 from now on) and leave the gauge to
+        the event loop. A signal handler must take no lock: with several workers (``PROMETHEUS_MULTIPROC_DIR``)
+        every metric shares one non-reentrant lock, which the main thread holds while it counts a response it
+        has just sent (``Observe``); a handler setting the gauge at that bytecode waits on its own thread forever,
+        and the worker hangs until the launcher kills it."""
         state["draining"] = True
-        metrics.ready.set(0)
+        try:
+            asyncio.get_running_loop().call_soon_threadsafe(metrics.ready.set, 0)
+        except RuntimeError:            # no loop running yet: the lifespan sets the gauge when it starts
+            pass
 
     app.state.begin_drain = begin_drain
 
