@@ -130,7 +130,8 @@ def figures(summary: dict, counts: dict, name: str, family: str) -> dict:
             "gate": summary["calibration"].get("gate"),
             "systems": systems, "ratios": ratios, "pruning": summary.get("pruning"),
             "baselines": evaluation.get("baselines"), "gate_metric": evaluation.get("gate_metric"),
-            "rerank": {k: v for k, v in (evaluation.get("rerank") or {}).items() if k != "systems"},
+            "rerank": {k: v for k, v in (evaluation.get("rerank") or {}).items()
+                       if k not in ("systems", "judged@10", "condensed")},
             "targets": targets(systems, evaluation),
             "validation": {k: r["validation"] for k, r in rungs.items() if isinstance(r, dict) and r.get("validation")},
             "pseudo_queries": {k: r["pseudo_queries"] for k, r in rungs.items()
@@ -142,10 +143,12 @@ def figures(summary: dict, counts: dict, name: str, family: str) -> dict:
 
 
 def targets(systems: dict, evaluation: dict) -> dict:
-    """The quality issue's rules in each protocol (judged pools ``ndcg@10``, and ``rerank_ndcg@10`` where it ran),
-    each with the figures it compares: True where met. ``gate_metric`` names the one the promotion gate reads."""
+    """The quality issue's rules in each protocol (judged pools ``ndcg@10``, and ``rerank_ndcg@10`` where it ran,
+    with its condensed form ``rerank_condensed_ndcg@10``: the same rankings with unjudged documents removed, which
+    shows whether a miss is ranking or unjudged documents), each with the figures it compares: True where met.
+    ``gate_metric`` names the one the promotion gate reads."""
     out = {"gate_metric": evaluation.get("gate_metric", "ndcg@10")}
-    for m in ("ndcg@10", "rerank_ndcg@10"):
+    for m in ("ndcg@10", "rerank_ndcg@10", "rerank_condensed_ndcg@10"):
         v = {k: s.get(m) for k, s in systems.items() if s.get(m) is not None}
         if not {"teacher", "judge", "student"} <= set(v):
             continue
@@ -168,13 +171,16 @@ def print_figures(out: dict) -> None:
     con = Console()
     tab = Table(title=f"{out['dataset']} ({out['family']} ladder): NDCG@10 on {out['counts']['test_queries']} "
                       f"held-out queries, {out['test_pairs']} judged pairs")
-    for col in ("system", "NDCG@10 judged pools", "NDCG@10 rerank top-k", "vs best baseline", "non-embedding params",
-                "items/s", "document tokens"):
+    for col in ("system", "NDCG@10 judged pools", "NDCG@10 rerank top-k", "judged@10 (rerank)",
+                "condensed (rerank, judged only)", "vs best baseline", "non-embedding params", "items/s",
+                "document tokens"):
         tab.add_column(col)
     for k, v in out["systems"].items():
         rr, gain = v.get("rerank_ndcg@10"), v.get("gain_over_best_baseline")
+        cj, cn = v.get("rerank_judged@10"), v.get("rerank_condensed_ndcg@10")
         tab.add_row(k + (" (baseline)" if k in (out.get("baselines") or []) else ""), f"{v['ndcg@10']:.4f}",
-                    f"{rr:.4f}" if rr is not None else "", f"{gain:+.4f}" if gain is not None else "",
+                    f"{rr:.4f}" if rr is not None else "", f"{cj:.2f}" if cj is not None else "",
+                    f"{cn:.4f}" if cn is not None else "", f"{gain:+.4f}" if gain is not None else "",
                     f"{v['n_params']:,}" if v.get("n_params") else "",
                     f"{v['items_per_s']:.0f}" if v.get("items_per_s") else "",
                     f"{v['doc_tokens']:.1f}" if v.get("doc_tokens") is not None else "")

@@ -136,6 +136,23 @@ def rerank_ndcg(test: pd.DataFrame, pool: pd.DataFrame, scores) -> float:
     return float(evaluate(Qrels(qrels), Run(run), "ndcg@10"))
 
 
+def incompleteness(test: pd.DataFrame, pool: pd.DataFrame, scores, k: int = 10) -> dict:
+    """How much the rerank protocol's figure for ``scores`` rests on unjudged documents: ``judged@10``, the share of
+    each query's top-``k`` that a human judged (averaged over queries with a relevant judgment, as NDCG is), and
+    ``condensed_ndcg@10``, NDCG@10 of the same ranking with the unjudged documents removed (Sakai's condensed
+    lists, 2007). A system that surfaces relevant documents nobody judged is counted wrong by the protocol; a
+    low judged@10 beside a high condensed figure says that is what happened, not that it ranks worse."""
+    keys = set(zip(test.query_id, test.doc_id))
+    judged = np.array([(q, d) in keys for q, d in zip(pool.query_id, pool.doc_id)], dtype=bool)
+    relevant = set(test.query_id[test.aggregated_grade > 0])
+    ranked = pool.assign(_s=np.asarray(scores, dtype=float), _j=judged)
+    ranked = ranked[ranked.query_id.isin(relevant)].sort_values(["query_id", "_s"], ascending=[True, False])
+    top = ranked.groupby("query_id").head(k)
+    share = float(top.groupby("query_id")._j.mean().reindex(sorted(relevant), fill_value=0.0).mean()) if relevant else 0.0
+    return {"judged@10": round(share, 4),
+            "condensed_ndcg@10": rerank_ndcg(test, pool[judged], np.asarray(scores, dtype=float)[judged])}
+
+
 def judge_ranking(j: pd.DataFrame) -> np.ndarray:
     """How evaluation ranks the judge's replies ``j``: by grade, its continuous score only breaking ties inside a
     grade; a reply that failed to parse ranks last (−1)."""
@@ -144,23 +161,26 @@ def judge_ranking(j: pd.DataFrame) -> np.ndarray:
 
 
 def rerank_protocol(rungs: dict, judge, test: pd.DataFrame, depth: int, paths: Paths) -> dict:
-    """NDCG@10 of BM25, the bi-encoder, the judge and every rung in the rerank protocol (:func:`rerank_pool`)."""
+    """NDCG@10 of BM25, the bi-encoder, the judge and every rung in the rerank protocol (:func:`rerank_pool`),
+    with each one's judged@10 and condensed NDCG@10 (:func:`incompleteness`) under ``judged@10`` / ``condensed``."""
     from models.ranker import load_ranker, score_pairs
 
     pool = rerank_pool(test, depth, paths)
     feats = retriever(paths).pair_features(pool)
-    out = {"bm25": rerank_ndcg(test, pool, feats.bm25), "bi-encoder": rerank_ndcg(test, pool, feats.cosine)}
-    out["judge"] = rerank_ndcg(test, pool, judge_ranking(judge.judge(pool)))
+    scores = {"bm25": feats.bm25, "bi-encoder": feats.cosine, "judge": judge_ranking(judge.judge(pool))}
     for name, info in rungs.items():
         model, tok, contract = load_ranker(info["path"])
         if contract.compression == "soft":
             continue
-        out[name] = rerank_ndcg(test, pool, score_pairs(model, tok, contract, pool["query"].tolist(),
-                                                        pool.title.tolist(), pool.text.tolist()))
+        scores[name] = score_pairs(model, tok, contract, pool["query"].tolist(), pool.title.tolist(),
+                                   pool.text.tolist())
+    holes = {k: incompleteness(test, pool, s) for k, s in scores.items()}
     per_q = pool.groupby("query_id")
     return {"depth": depth, "pairs": int(len(pool)), "queries": int(per_q.ngroups),
             "judged_share": round(float(pool.judged.mean()), 4),
-            "systems": {k: round(v, 4) for k, v in out.items()}}
+            "systems": {k: round(rerank_ndcg(test, pool, s), 4) for k, s in scores.items()},
+            "judged@10": {k: h["judged@10"] for k, h in holes.items()},
+            "condensed": {k: round(h["condensed_ndcg@10"], 4) for k, h in holes.items()}}
 
 
 BASELINES = ("zero_shot_start", "bi-encoder", "bm25")   # what every rung must beat: its start and first-stage retrieval
@@ -195,6 +215,8 @@ def evaluate_all(rungs: dict, judge_version: str, run_id: str, cfg: FlywheelConf
         raise ValueError("evaluation.gate_protocol is 'rerank' but evaluation.rerank_depth is 0: set a depth")
     for name, v in (rerank or {}).get("systems", {}).items():
         systems[name]["rerank_ndcg@10"] = v
+        systems[name]["rerank_condensed_ndcg@10"] = rerank["condensed"][name]
+        systems[name]["rerank_judged@10"] = rerank["judged@10"][name]
     metric = "rerank_ndcg@10" if protocol == "rerank" else "ndcg@10"
     baselines = [b for b in BASELINES if b in systems]
     best = max(baselines, key=lambda b: systems[b][metric])

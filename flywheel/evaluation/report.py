@@ -69,9 +69,11 @@ def tables(summary: dict) -> list[tuple[str, list[str], list[list]]]:
             f" and in the rerank protocol (first-stage top-{rr['depth']}, unjudged = not relevant, "
             f"{rr['judged_share']:.0%} of its pairs judged)" if rr else "") + (
             f"; baselines: {', '.join(base)}; the gate reads {evaluation.get('gate_metric')}" if base else "")
-        out.append((title, ["system", "NDCG@10 (judged pools)", "NDCG@10 (rerank top-k)", "vs best baseline",
+        out.append((title, ["system", "NDCG@10 (judged pools)", "NDCG@10 (rerank top-k)",
+                            "judged@10 (rerank)", "condensed NDCG@10 (rerank, unjudged removed)", "vs best baseline",
                             "non-embedding params", "items/s (CPU)"],
                     [[k + (" (baseline)" if k in base else ""), v["ndcg@10"], v.get("rerank_ndcg@10"),
+                      v.get("rerank_judged@10"), v.get("rerank_condensed_ndcg@10"),
                       v.get("gain_over_best_baseline"), v.get("n_params"), v.get("items_per_s")]
                      for k, v in ev.items()]))
     rungs = summary.get("rungs") or {}

@@ -118,6 +118,12 @@ def test_crash_in_a_late_stage_resumes_from_cache_and_warm_rerun_redoes_nothing(
     rr = summary["evaluation"]["rerank"]
     assert rr["depth"] == 20 and 0 < rr["judged_share"] < 1 and "rerank_ndcg@10" in ev["teacher"]
     assert summary["evaluation"]["gate_metric"] == "rerank_ndcg@10"      # ~5 judged documents a query: small pools
+    # unjudged documents only ever cost a system in the rerank protocol: removing them (condensed lists) cannot
+    # lower its figure, and judged@10 says how many of its top ten a human judged
+    for name, v in ev.items():
+        if "rerank_ndcg@10" in v:
+            assert 0 < v["rerank_judged@10"] <= 1, (name, v)
+            assert v["rerank_condensed_ndcg@10"] >= v["rerank_ndcg@10"] - 1e-9, (name, v)
     assert summary["rungs"]["student_pruned"]["params_non_embedding"] < summary["rungs"]["student"]["params_non_embedding"]
     assert summary["calibration"]["test"]["qwk"] > 0.4
     # Compression: both forms evaluated on much shorter documents; the length curve and combined figure exist.
