@@ -83,7 +83,7 @@ def training_stages(cfg: FlywheelConfig, date: str, clock: Clock, lab: dict, lab
     if cfg.engagement.enabled:
         events = train.engagement_events(date, cfg, seed["golden_hash"])
         eng = train.train_engagement_teacher(events["fingerprint"], cfg)
-    student = train.distil("student", mid, cal["judge_version"], cfg, eng)
+    student = train.distil("student", mid, cal["judge_version"], cfg, eng, teacher)
     clock.record("5 teacher → mid → student", t, " → ".join(
         f"{r['layers']}L/{r['params_non_embedding'] / 1e6:.1f}M" for r in (teacher, mid, student))
         + "; validation NDCG@10 start → kept: " + ", ".join(

@@ -116,6 +116,10 @@ class RungConfig(BaseModel):
     grad_accum_steps: int | None = Field(None, ge=1)      # micro-batches per optimizer step (None: derived)
     lora: LoraSettings | None = None
     launch: LaunchSettings = LaunchSettings()
+    # a distilled rung's targets: the scores of the rung above ("parent": a chain, teacher -> mid -> student) or of
+    # the teacher itself ("teacher": mid still gives the student its starting weights). On Avature (validation fold)
+    # the student learning the teacher's scores kept more of the teacher than learning mid's.
+    distil_from: Literal["parent", "teacher"] = "parent"
 
     @model_validator(mode="after")
     def _scale(self):
@@ -129,7 +133,7 @@ class RungConfig(BaseModel):
         left out (the same weights within tolerance), and so are settings at their defaults that predate nothing
         (so checkpoints trained before they existed keep their keys)."""
         run_only = {"device", "strategy", "gradient_checkpointing", "micro_batch_size", "grad_accum_steps", "launch"}
-        at_default = {k for k in ("precision", "lora") if getattr(self, k) == type(self).model_fields[k].default}
+        at_default = {k for k in ("precision", "lora", "distil_from") if getattr(self, k) == type(self).model_fields[k].default}
         return self.model_dump_json(exclude=run_only | at_default)
 
 
@@ -166,6 +170,9 @@ class LadderConfig(BaseModel):
     # made NDCG@10 saturate (0.93-0.95 for a truncated, untrained student) and keep students at their start.
     # "parent" needs pool_per_query > 0 (whole pools to rank); without pools the judge's labels are used.
     distil_validation: Literal["parent", "judge"] = "parent"
+    # "parent" validation bins the parent's scores within each query onto this many grades (0: the policy's). A
+    # binary policy gives two bins, which saturate (0.99+ for nearly every state) and stop early on noise.
+    parent_validation_grades: int = Field(0, ge=0, le=100)
     # step checkpoints (model, optimizer, scheduler, RNG, data position) every this many optimizer steps, so a
     # killed or retried rung resumes where it was (0 = none; models.train)
     checkpoint_every: int = Field(0, ge=0)

@@ -46,11 +46,14 @@ def train_teacher(judge_version: str, labels_fp: str, cfg: FlywheelConfig) -> di
 
 
 @task(name="distil-rung", retries=1, retry_delay_seconds=1, cache_key_fn=content_key, persist_result=True)
-def distil(rung: str, parent: dict, judge_version: str, cfg: FlywheelConfig, engagement: dict | None = None) -> dict:
-    teachers = parent["rung"] + (" + engagement" if engagement else "")
+def distil(rung: str, parent: dict, judge_version: str, cfg: FlywheelConfig, engagement: dict | None = None,
+           teacher: dict | None = None) -> dict:
+    r = next(x for x in cfg.ladder.rungs if x.name == rung)
+    source = teacher if r.distil_from == "teacher" and teacher else parent
+    teachers = source["rung"] + (" + engagement" if engagement else "")
     with progress(f"distil {teachers} → {rung}", None) as advance:
         return _launch("distil", {"rung_name": rung, "parent": parent, "judge_version": judge_version,
-                                  "engagement": engagement}, rung, cfg, advance)
+                                  "engagement": engagement, "teacher": teacher}, rung, cfg, advance)
 
 
 @task(name="engagement-events", retries=2, retry_delay_seconds=1, cache_key_fn=content_key, persist_result=True)

@@ -268,7 +268,7 @@ def train_validated(model, tok, contract, train: pd.DataFrame, val: pd.DataFrame
     from models.train import train_ranker
 
     if by == "parent":
-        n_grades = load_policy(cfg.resolve(cfg.policy)).max_grade + 1
+        n_grades = cfg.ladder.parent_validation_grades or load_policy(cfg.resolve(cfg.policy)).max_grade + 1
         metric = lambda m: parent_ndcg(m, tok, contract, val, n_grades)   # noqa: E731
     else:
         metric = lambda m: judge_ndcg(m, tok, contract, val)              # noqa: E731
@@ -388,7 +388,8 @@ def _distillation_key(lc) -> list[str]:
     return ([f"pool{lc.pool_per_query}"] if lc.pool_per_query else []) + \
         ([f"listwise{lc.listwise_weight}"] if lc.listwise_weight else []) + \
         ([f"pseudo{lc.pseudo_queries}"] if lc.pseudo_queries else []) + _validation_key(lc) + \
-        ([f"distil-val-{distil_validation(lc)}"] if lc.validation_share and distil_validation(lc) != "judge" else [])
+        ([f"distil-val-{distil_validation(lc)}"] if lc.validation_share and distil_validation(lc) != "judge" else []) + \
+        ([f"parent-grades{lc.parent_validation_grades}"] if lc.parent_validation_grades else [])
 
 
 def distillation_pairs(parent: dict, judge_version: str, pool_per_query: int, cfg: FlywheelConfig,
@@ -517,16 +518,21 @@ def train_engagement_teacher(events_fingerprint: str, cfg: FlywheelConfig, paths
 
 
 def distil(rung_name: str, parent: dict, judge_version: str, cfg: FlywheelConfig, paths: Paths, progress=None,
-           engagement: dict | None = None) -> dict | None:
-    """Distil ``rung_name`` from ``parent``'s stored scores; with ``engagement`` (a trained engagement teacher),
-    multi-teacher: + ``cfg.engagement.weight`` × MSE to the engagement teacher's scores (mapped onto the
-    relevance teacher's scale), counted only on pairs where engagement was observed. Validated like every rung
-    (:func:`split_validation`): the validation fold's queries train nothing."""
+           engagement: dict | None = None, teacher: dict | None = None) -> dict | None:
+    """Distil ``rung_name``, its weights started from ``parent`` (``checkpoint: parent``), from the stored scores of
+    ``parent`` — or of ``teacher`` when the rung says ``distil_from: teacher`` (then ``teacher`` is required);
+    with ``engagement`` (a trained engagement teacher), multi-teacher: + ``cfg.engagement.weight`` × MSE to the
+    engagement teacher's scores (mapped onto the relevance teacher's scale), counted only on pairs where
+    engagement was observed. Validated like every rung (:func:`split_validation`): the validation fold's queries
+    train nothing; "parent" validation reads the same scores it learns."""
     from models.train import TrainConfig
 
     rung = next(r for r in cfg.ladder.rungs if r.name == rung_name)
+    if rung.distil_from == "teacher" and teacher is None:
+        raise ValueError(f"rung {rung_name!r} has distil_from: teacher, but no trained teacher was passed")
+    scorer = teacher if rung.distil_from == "teacher" else parent
     rt = rung_runtime(rung)      # before the pairs: in a torchrun job every rank scores its shard of them
-    pairs = distillation_pairs(parent, judge_version, cfg.ladder.pool_per_query, cfg, paths)
+    pairs = distillation_pairs(scorer, judge_version, cfg.ladder.pool_per_query, cfg, paths)
     pseudo = pairs.attrs.get("pseudo_queries")
     aux = {}
     if engagement is not None and cfg.engagement.weight > 0:
@@ -544,6 +550,7 @@ def distil(rung_name: str, parent: dict, judge_version: str, cfg: FlywheelConfig
         pairs["engagement_mask"] = [float((q, d) in seen_keys) for q, d in zip(pairs.query_id, pairs.doc_id)]
         aux = {"aux_target": "engagement_score", "aux_mask": "engagement_mask"}
     key = sha256_text(parent["model_version"], rung.key_json(), str(cfg.ladder.batch_size),
+                      *([scorer["model_version"]] if scorer is not parent else []),
                       *([engagement["model_version"], str(cfg.engagement.weight)] if aux else []),
                       *_distillation_key(cfg.ladder), *layout_key(rung, cfg.ladder))[:12]
     out = paths.models / "ladder" / f"{rung_name}-{key}"
@@ -564,7 +571,7 @@ def distil(rung_name: str, parent: dict, judge_version: str, cfg: FlywheelConfig
         extra |= {"engagement_teacher": engagement["model_version"], "engagement_weight": cfg.engagement.weight,
                  "engagement_observed_share": round(float(pairs.engagement_mask.mean()), 4)}
     return _summary(out, losses, time.time() - t, rung=rung_name, parent=parent["model_version"],
-                    pairs=int(len(pairs)), train_pairs=int(len(train)), **extra)
+                    targets_from=scorer["rung"], pairs=int(len(pairs)), train_pairs=int(len(train)), **extra)
 
 
 def prune_student(student: dict, judge_version: str, cfg: FlywheelConfig, paths: Paths, progress=None,

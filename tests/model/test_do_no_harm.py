@@ -183,3 +183,56 @@ def test_a_distilled_rung_validated_by_its_parent_reports_the_judge_beside_it(to
                            by="parent")
     assert v["by"] == "parent" and v["validation_start"] == pytest.approx(1.0)
     assert v["kept"] == "start" and v["judge_start"] == v["judge_kept"] == pytest.approx(start_judge, abs=1e-4)
+
+
+def test_parent_validation_on_a_binary_scale_sees_swaps_only_with_finer_grades(toy):
+    """ladder.parent_validation_grades: binned onto a binary policy's two grades, the parent's ranking cannot tell
+    a rung that swaps its parent's two best documents from the parent itself (both score 1.0, so early stopping
+    reads noise); binned onto ten grades, the swap costs."""
+    from flywheel.training.ladder import parent_ndcg
+
+    model, tok = build_cross_encoder([0, 1], seed=0)
+    contract = ScoringContract(max_length=64)
+    p = toy.copy()
+    own = score_pairs(model, tok, contract, p["query"].tolist(), p.title.tolist(), p.text.tolist())
+    distinct = pd.Series(own).groupby(p.query_id.to_numpy()).transform("nunique").to_numpy() == \
+        p.groupby("query_id").query_id.transform("size").to_numpy()     # a document listed twice ties with itself
+    p, own = p[distinct].reset_index(drop=True), np.asarray(own)[distinct]
+    rank = pd.Series(own).groupby(p.query_id.to_numpy()).rank().to_numpy()   # 1 = its worst
+    n = p.groupby("query_id").query_id.transform("size").to_numpy()
+    swapped = np.where(rank == n, n - 1, np.where(rank == n - 1, n, rank)).astype(float)  # parent: top two swapped
+    p["teacher_score"] = swapped
+    assert (p.groupby("query_id").size() >= 4).all()
+    assert parent_ndcg(model, tok, contract, p, 2) == pytest.approx(1.0)
+    assert parent_ndcg(model, tok, contract, p, 10) < 0.99
+    p["teacher_score"] = rank
+    assert parent_ndcg(model, tok, contract, p, 10) == pytest.approx(1.0)
+
+
+def test_a_rung_set_to_distil_from_the_teacher_learns_the_teachers_scores_and_needs_it(monkeypatch):
+    """``distil_from: teacher``: the student's weights start from mid, its targets are the teacher's scores (the
+    pairs are scored by the teacher), and without a trained teacher it refuses with what to pass; the default
+    learns from its parent, as before, with the same checkpoint key."""
+    from flywheel.config import FlywheelConfig, RungConfig
+    from flywheel.training import ladder
+
+    asked = []
+
+    def pairs_of(scorer, *a, **k):
+        asked.append(scorer["rung"])
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(ladder, "distillation_pairs", pairs_of)
+    cfg = FlywheelConfig()
+    rungs = [r.model_copy() for r in cfg.ladder.rungs]
+    rungs[2] = rungs[2].model_copy(update={"distil_from": "teacher"})
+    to_teacher = cfg.model_copy(update={"ladder": cfg.ladder.model_copy(update={"rungs": rungs})})
+    teacher, mid = {"rung": "teacher", "model_version": "t"}, {"rung": "mid", "model_version": "m"}
+    for c, want in ((cfg, "mid"), (to_teacher, "teacher")):
+        with pytest.raises(RuntimeError, match="stop here"):
+            ladder.distil("student", mid, "jv", c, None, teacher=teacher)
+        assert asked.pop() == want
+    with pytest.raises(ValueError, match="distil_from: teacher"):
+        ladder.distil("student", mid, "jv", to_teacher, None)
+    assert RungConfig(name="s").key_json() == RungConfig(name="s", distil_from="parent").key_json()
+    assert RungConfig(name="s").key_json() != RungConfig(name="s", distil_from="teacher").key_json()
