@@ -78,7 +78,7 @@ def training_stages(cfg: FlywheelConfig, date: str, clock: Clock, lab: dict, lab
     cands, ps = lab.get("candidates"), lab.get("pseudo_queries")
     t = time.perf_counter()
     teacher = train.train_teacher(cal["judge_version"], labels_fp + ":" + cal["judge_version"], cfg)
-    mid = train.distil("mid", teacher, cal["judge_version"], cfg)
+    mid = train.distil("mid", teacher, cal["judge_version"], cfg, teacher=teacher)
     eng, events = None, None
     if cfg.engagement.enabled:
         events = train.engagement_events(date, cfg, seed["golden_hash"])

@@ -190,6 +190,9 @@ class LadderConfig(BaseModel):
         if self.pseudo_queries and not self.pool_per_query:
             raise ValueError("ladder.pseudo_queries needs ladder.pool_per_query > 0: a pseudo-query's training "
                              "pairs are its retrieval pool")
+        if self.parent_validation_grades == 1:
+            raise ValueError("ladder.parent_validation_grades: 1 grade bins every score to 0 and validates nothing; "
+                             "give 0 (the policy's grades) or 2 or more")
         if any(not 0 < r <= 1 for r in self.prune_curve):
             raise ValueError(f"prune_curve holds MLP keep ratios in (0, 1]; got {self.prune_curve}")
         return self

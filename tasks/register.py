@@ -49,8 +49,16 @@ def promote(registered: dict, evaluation: dict, cfg: FlywheelConfig, deployable:
              f"{'promoted' if out['promoted'] else 'not promoted'} — {out['reason']}. "
              f"Champion is v{out['champion'] or 'none'}."]
     out["compressed"] = {}
+    held = lib.compressed_source_refusal(evaluation, deployable, cfg.promotion.min_gain_over_baseline)
     for name, m in ((compression or {}).get("systems") or {}).items():
         reg = registered[name]
+        if held:
+            champ = lib.alias_version(reg["name"], "champion", paths())
+            c = out["compressed"][name] = {"promoted": False, "reason": held, "challenger": str(reg["version"]),
+                                           "champion": str(champ.version) if champ else None}
+            lines.append(f"**{reg['name']}** v{c['challenger']}: not promoted — {held}. "
+                         f"Champion is v{c['champion'] or 'none'}.")
+            continue
         # compressed students are measured on the judged pools: gated against the judged-pool figures
         c = out["compressed"][name] = lib.promote_challenger(
             reg["name"], reg["version"], m["ndcg@10"], systems["teacher"]["ndcg@10"], cfg.promotion, paths(),

@@ -48,9 +48,9 @@ def train_teacher(judge_version: str, labels_fp: str, cfg: FlywheelConfig) -> di
 @task(name="distil-rung", retries=1, retry_delay_seconds=1, cache_key_fn=content_key, persist_result=True)
 def distil(rung: str, parent: dict, judge_version: str, cfg: FlywheelConfig, engagement: dict | None = None,
            teacher: dict | None = None) -> dict:
-    r = next(x for x in cfg.ladder.rungs if x.name == rung)
-    source = teacher if r.distil_from == "teacher" and teacher else parent
-    teachers = source["rung"] + (" + engagement" if engagement else "")
+    # the teacher only where the rung learns its scores: the task's cache key stays what it was elsewhere
+    teacher = teacher if next(x for x in cfg.ladder.rungs if x.name == rung).distil_from == "teacher" else None
+    teachers = (teacher or parent)["rung"] + (" + engagement" if engagement else "")
     with progress(f"distil {teachers} → {rung}", None) as advance:
         return _launch("distil", {"rung_name": rung, "parent": parent, "judge_version": judge_version,
                                   "engagement": engagement, "teacher": teacher}, rung, cfg, advance)

@@ -142,9 +142,11 @@ def incompleteness(test: pd.DataFrame, pool: pd.DataFrame, scores, k: int = 10) 
     ``condensed_ndcg@10``, NDCG@10 of the same ranking with the unjudged documents removed (Sakai's condensed
     lists, 2007). A system that surfaces relevant documents nobody judged is counted wrong by the protocol; a
     low judged@10 beside a high condensed figure says that is what happened, not that it ranks worse."""
+    from flywheel.metrics import qrels_from
+
     keys = set(zip(test.query_id, test.doc_id))
     judged = np.array([(q, d) in keys for q, d in zip(pool.query_id, pool.doc_id)], dtype=bool)
-    relevant = set(test.query_id[test.aggregated_grade > 0])
+    relevant = {q for q, d in qrels_from(test).items() if max(d.values()) > 0}   # the queries NDCG averages over
     ranked = pool.assign(_s=np.asarray(scores, dtype=float), _j=judged)
     ranked = ranked[ranked.query_id.isin(relevant)].sort_values(["query_id", "_s"], ascending=[True, False])
     top = ranked.groupby("query_id").head(k)

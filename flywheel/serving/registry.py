@@ -156,6 +156,26 @@ def log_calibration(summary: dict, paths: Paths) -> str:
     return run.info.run_id
 
 
+def compressed_source_refusal(evaluation: dict, source: str, min_gain: float = 0.0) -> str | None:
+    """Why a compressed student may not be promoted whatever its own figure, or None. Compressed students are
+    measured on judged pools only; where the gate reads another protocol (the rerank protocol, for small judged
+    pools) they are held to their source's result there: a source below the best baseline by that protocol
+    (``evaluation`` as :func:`flywheel.evaluation.evaluate.evaluate_all` returns it) refuses them too."""
+    metric = evaluation.get("gate_metric", "ndcg@10")
+    systems = evaluation["systems"]
+    if metric == "ndcg@10" or metric not in systems.get(source, {}):
+        return None
+    base = {b: systems[b][metric] for b in evaluation.get("baselines", []) if metric in systems.get(b, {})}
+    if not base:
+        return None
+    best = max(base, key=base.get)
+    if systems[source][metric] >= base[best] + min_gain:
+        return None
+    return (f"its source {source} scores {systems[source][metric]:.4f} by {metric}, the gate's protocol, below the "
+            f"best baseline {best} ({base[best]:.4f}); compressed students are measured on judged pools only, so "
+            "they are held to their source's result")
+
+
 def promote_challenger(name: str, challenger_version: str, challenger_ndcg: float, teacher_ndcg: float,
                        promotion, paths: Paths, baselines: dict[str, float] | None = None) -> dict:
     """Apply :func:`promotion_decision` against the current champion and move the alias if it says so.

@@ -139,8 +139,9 @@ def create_app(model_name: str, alias: str = "champion", settings=None, token: s
                 await asyncio.to_thread(holder.refresh)
             except Exception:
                 await asyncio.sleep(5)                 # logged in refresh; try again
-        poller = threading.Thread(target=holder.poll_forever, name="flywheel-model-poller", daemon=True)
-        poller.start()
+        if not state["draining"]:               # no new loads once SIGTERM has come
+            poller = threading.Thread(target=holder.poll_forever, name="flywheel-model-poller", daemon=True)
+            poller.start()
         yield
         state["draining"] = True                 # uvicorn has stopped accepting and let in-flight requests finish
         metrics.ready.set(0)

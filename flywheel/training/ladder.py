@@ -388,8 +388,9 @@ def _distillation_key(lc) -> list[str]:
     return ([f"pool{lc.pool_per_query}"] if lc.pool_per_query else []) + \
         ([f"listwise{lc.listwise_weight}"] if lc.listwise_weight else []) + \
         ([f"pseudo{lc.pseudo_queries}"] if lc.pseudo_queries else []) + _validation_key(lc) + \
-        ([f"distil-val-{distil_validation(lc)}"] if lc.validation_share and distil_validation(lc) != "judge" else []) + \
-        ([f"parent-grades{lc.parent_validation_grades}"] if lc.parent_validation_grades else [])
+        ([f"distil-val-{distil_validation(lc)}"] + ([f"parent-grades{lc.parent_validation_grades}"]
+                                                     if lc.parent_validation_grades else [])
+         if lc.validation_share and distil_validation(lc) != "judge" else [])
 
 
 def distillation_pairs(parent: dict, judge_version: str, pool_per_query: int, cfg: FlywheelConfig,
@@ -550,7 +551,7 @@ def distil(rung_name: str, parent: dict, judge_version: str, cfg: FlywheelConfig
         pairs["engagement_mask"] = [float((q, d) in seen_keys) for q, d in zip(pairs.query_id, pairs.doc_id)]
         aux = {"aux_target": "engagement_score", "aux_mask": "engagement_mask"}
     key = sha256_text(parent["model_version"], rung.key_json(), str(cfg.ladder.batch_size),
-                      *([scorer["model_version"]] if scorer is not parent else []),
+                      *([scorer["model_version"]] if rung.distil_from == "teacher" else []),
                       *([engagement["model_version"], str(cfg.engagement.weight)] if aux else []),
                       *_distillation_key(cfg.ladder), *layout_key(rung, cfg.ladder))[:12]
     out = paths.models / "ladder" / f"{rung_name}-{key}"

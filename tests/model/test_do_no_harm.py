@@ -160,6 +160,12 @@ def test_distil_validation_is_part_of_the_checkpoint_key_and_a_fold_with_nothing
     no_pools = lc.model_copy(update={"pool_per_query": 0})              # nothing but labelled pairs to rank:
     assert distil_validation(no_pools) == "judge"                        # the judge's labels are the target
     assert _distillation_key(no_pools) == _distillation_key(no_pools.model_copy(update={"distil_validation": "judge"}))
+    # ladder.parent_validation_grades: part of the key only where the parent's ranking is what validates
+    grades = lambda c: _distillation_key(c.model_copy(update={"parent_validation_grades": 10}))   # noqa: E731
+    assert grades(lc) != _distillation_key(lc)
+    assert grades(no_pools) == _distillation_key(no_pools) and grades(off) == _distillation_key(off)
+    with pytest.raises(ValueError, match="parent_validation_grades"):
+        lc.model_validate(lc.model_dump() | {"parent_validation_grades": 1})
     flat = pd.DataFrame({"query_id": ["a", "a", "b"], "doc_id": ["x", "y", "z"], "grade": [0.0, 0.0, 0.0]})
     assert ndcg_at_10(flat, [0.3, 0.1, 0.2], grade_col="grade") == 0.0
 
@@ -234,5 +240,12 @@ def test_a_rung_set_to_distil_from_the_teacher_learns_the_teachers_scores_and_ne
         assert asked.pop() == want
     with pytest.raises(ValueError, match="distil_from: teacher"):
         ladder.distil("student", mid, "jv", to_teacher, None)
+    # the rung right below the teacher may say it too: its parent is the teacher
+    mid_rungs = [r.model_copy() for r in cfg.ladder.rungs]
+    mid_rungs[1] = mid_rungs[1].model_copy(update={"distil_from": "teacher"})
+    mid_to_teacher = cfg.model_copy(update={"ladder": cfg.ladder.model_copy(update={"rungs": mid_rungs})})
+    with pytest.raises(RuntimeError, match="stop here"):
+        ladder.distil("mid", teacher, "jv", mid_to_teacher, None, teacher=teacher)
+    assert asked.pop() == "teacher"
     assert RungConfig(name="s").key_json() == RungConfig(name="s", distil_from="parent").key_json()
     assert RungConfig(name="s").key_json() != RungConfig(name="s", distil_from="teacher").key_json()

@@ -28,3 +28,22 @@ def test_refuses_a_model_below_the_best_baseline_and_names_it():
     need = promotion_decision(0.75, 0.76, None, **KW, baselines=base, min_gain_over_baseline=0.02)
     assert not need.promote and "bi-encoder" in need.reason
     assert promotion_decision(0.77, 0.78, None, **KW, baselines=base, min_gain_over_baseline=0.02).promote
+
+
+def test_compressed_students_are_held_to_their_sources_result_in_the_gates_protocol():
+    """The demo's case: the gate reads the rerank protocol (small judged pools) and refuses the pruned student there
+    (0.483 vs BM25 0.540); its compressed students, measured on judged pools only, must not be promoted on those
+    (0.892 vs the bi-encoder's 0.890). Where the gate reads judged pools, they stand on their own figures."""
+    from flywheel.serving.registry import compressed_source_refusal
+
+    systems = {"bm25": {"ndcg@10": 0.874, "rerank_ndcg@10": 0.540},
+               "bi-encoder": {"ndcg@10": 0.890, "rerank_ndcg@10": 0.515},
+               "zero_shot_start": {"ndcg@10": 0.872, "rerank_ndcg@10": 0.413},
+               "student_pruned": {"ndcg@10": 0.876, "rerank_ndcg@10": 0.483}}
+    ev = {"systems": systems, "baselines": ["zero_shot_start", "bi-encoder", "bm25"], "gate_metric": "rerank_ndcg@10"}
+    why = compressed_source_refusal(ev, "student_pruned")
+    assert why and "bm25 (0.5400)" in why and "0.4830" in why
+    systems["student_pruned"]["rerank_ndcg@10"] = 0.541                     # clears the best baseline there
+    assert compressed_source_refusal(ev, "student_pruned") is None
+    assert "bm25" in compressed_source_refusal(ev, "student_pruned", min_gain=0.01)   # not by the required gain
+    assert compressed_source_refusal(ev | {"gate_metric": "ndcg@10"}, "student_pruned") is None

@@ -37,19 +37,20 @@ def test_a_query_whose_pool_is_empty_scores_zero_not_skipped():
 def test_incompleteness_says_how_much_of_the_top_ten_was_judged_and_scores_the_judged_documents_alone():
     from flywheel.evaluation.evaluate import incompleteness
 
-    test = pd.DataFrame({"query_id": ["q1"] * 3 + ["q2"], "doc_id": ["a", "b", "c", "x"],
-                         "aggregated_grade": [3.0, 1.0, 2.0, 0.0]})
-    pool = pd.DataFrame({"query_id": ["q1"] * 4 + ["q2"], "doc_id": ["u1", "a", "u2", "b", "x"],
-                         "aggregated_grade": [0.0, 3.0, 0.0, 1.0, 0.0]})
-    surfaces_unjudged = [0.9, 0.8, 0.7, 0.5, 1.0]           # q1: u1, a, u2, b
+    # q3's one judgment averages 0.33 (one rater of three said 1): it rounds to 0, so NDCG leaves q3 out
+    test = pd.DataFrame({"query_id": ["q1"] * 3 + ["q2", "q3"], "doc_id": ["a", "b", "c", "x", "z"],
+                         "aggregated_grade": [3.0, 1.0, 2.0, 0.0, 1 / 3]})
+    pool = pd.DataFrame({"query_id": ["q1"] * 4 + ["q2", "q3"], "doc_id": ["u1", "a", "u2", "b", "x", "u3"],
+                         "aggregated_grade": [0.0, 3.0, 0.0, 1.0, 0.0, 0.0]})
+    surfaces_unjudged = [0.9, 0.8, 0.7, 0.5, 1.0, 1.0]      # q1: u1, a, u2, b
     got = incompleteness(test, pool, surfaces_unjudged)
-    assert got["judged@10"] == pytest.approx(0.5)            # q2 has nothing relevant: left out, as in NDCG
+    assert got["judged@10"] == pytest.approx(0.5)            # q2, q3: nothing relevant: left out, as in NDCG
     # condensed: the unjudged documents removed, q1 ranks a, b; c (missed by the first stage) stays in the ideal
     assert got["condensed_ndcg@10"] == pytest.approx(_dcg([3, 1]) / _dcg([3, 2, 1]), rel=1e-6)
     assert rerank_ndcg(test, pool, surfaces_unjudged) < got["condensed_ndcg@10"]
     # the same order of the judged documents with the unjudged ones last: full judged@10 is not possible (4 in
     # the top 10, 2 judged), and the condensed figure does not move — it reads the judged documents' order only
-    last = incompleteness(test, pool, [0.1, 0.8, 0.0, 0.5, 1.0])
+    last = incompleteness(test, pool, [0.1, 0.8, 0.0, 0.5, 1.0, 1.0])
     assert last["judged@10"] == pytest.approx(0.5)
     assert last["condensed_ndcg@10"] == pytest.approx(got["condensed_ndcg@10"])
-    assert rerank_ndcg(test, pool, [0.1, 0.8, 0.0, 0.5, 1.0]) == pytest.approx(got["condensed_ndcg@10"])
+    assert rerank_ndcg(test, pool, [0.1, 0.8, 0.0, 0.5, 1.0, 1.0]) == pytest.approx(got["condensed_ndcg@10"])
