@@ -143,8 +143,9 @@ def training_stages(cfg: FlywheelConfig, date: str, clock: Clock, lab: dict, lab
 
     t = time.perf_counter()
     dep = deploy.deploy(promo, rungs, reg, cfg, keep_serving, deployable)
-    clock.record("10 deploy", t, f"service {dep.get('action', dep.get('skipped'))}; max |served − offline| = "
-                                f"{dep.get('max_abs_diff', float('nan')):.1e} over {dep.get('pairs_checked', 0)} pairs")
+    clock.record("10 deploy", t, f"skipped: {dep['skipped']} (see stage 9)" if "skipped" in dep else
+                 f"service {dep.get('action')}; max |served − offline| = "
+                 f"{dep.get('max_abs_diff', float('nan')):.1e} over {dep.get('pairs_checked', 0)} pairs")
     summary = {"date": date, "config": cfg.name, "stages": clock.stages, "calibration": cal, "labels": labels,
                "candidates": (cands or {}) | ({"pseudo_queries": ps} if ps else {}),
                "rungs": rungs | curve | (comp_rungs or {}), "engagement": events, "evaluation": ev, "pruning": acc,
