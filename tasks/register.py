@@ -54,15 +54,12 @@ def promote(registered: dict, evaluation: dict, cfg: FlywheelConfig, deployable:
         reg = registered[name]
         if held:
             champ = lib.alias_version(reg["name"], "champion", paths())
-            c = out["compressed"][name] = {"promoted": False, "reason": held, "challenger": str(reg["version"]),
-                                           "champion": str(champ.version) if champ else None}
-            lines.append(f"**{reg['name']}** v{c['challenger']}: not promoted — {held}. "
-                         f"Champion is v{c['champion'] or 'none'}.")
-            continue
-        # compressed students are measured on the judged pools: gated against the judged-pool figures
-        c = out["compressed"][name] = lib.promote_challenger(
-            reg["name"], reg["version"], m["ndcg@10"], systems["teacher"]["ndcg@10"], cfg.promotion, paths(),
-            {b: systems[b]["ndcg@10"] for b in baselines})
+            c = {"promoted": False, "reason": held, "challenger": str(reg["version"]),
+                 "champion": str(champ.version) if champ else None}
+        else:   # compressed students are measured on the judged pools: gated against the judged-pool figures
+            c = lib.promote_challenger(reg["name"], reg["version"], m["ndcg@10"], systems["teacher"]["ndcg@10"],
+                                       cfg.promotion, paths(), {b: systems[b]["ndcg@10"] for b in baselines})
+        out["compressed"][name] = c
         lines.append(f"**{reg['name']}** v{c['challenger']}: {'promoted' if c['promoted'] else 'not promoted'} — "
                      f"{c['reason']}. Champion is v{c['champion'] or 'none'}.")
     artifact("promotion", "\n\n".join(lines))

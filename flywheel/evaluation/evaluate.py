@@ -147,12 +147,13 @@ def incompleteness(test: pd.DataFrame, pool: pd.DataFrame, scores, k: int = 10) 
     keys = set(zip(test.query_id, test.doc_id))
     judged = np.array([(q, d) in keys for q, d in zip(pool.query_id, pool.doc_id)], dtype=bool)
     relevant = {q for q, d in qrels_from(test).items() if max(d.values()) > 0}   # the queries NDCG averages over
-    ranked = pool.assign(_s=np.asarray(scores, dtype=float), _j=judged)
+    scores = np.asarray(scores, dtype=float)
+    ranked = pool.assign(_s=scores, _j=judged)
     ranked = ranked[ranked.query_id.isin(relevant)].sort_values(["query_id", "_s"], ascending=[True, False])
     top = ranked.groupby("query_id").head(k)
     share = float(top.groupby("query_id")._j.mean().reindex(sorted(relevant), fill_value=0.0).mean()) if relevant else 0.0
     return {"judged@10": round(share, 4),
-            "condensed_ndcg@10": rerank_ndcg(test, pool[judged], np.asarray(scores, dtype=float)[judged])}
+            "condensed_ndcg@10": rerank_ndcg(test, pool[judged], scores[judged])}
 
 
 def judge_ranking(j: pd.DataFrame) -> np.ndarray:
