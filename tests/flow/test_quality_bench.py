@@ -63,3 +63,12 @@ def test_quality_bench_runs_the_whole_flywheel_on_unseen_beir_data(tmp_path):
     assert systems["student_pruned"]["n_params"] < systems["student"]["n_params"]
     assert fig["ratios"]["student / teacher NDCG@10"] > 0.85
     assert "NDCG@10" in proc.stdout and "Ratios" in proc.stdout
+    # the per-query figures behind the intervals average to each system's figure, in each protocol
+    for metric, by_system in fig["per_query"].items():
+        for name, by_query in by_system.items():
+            assert sum(by_query.values()) / len(by_query) == pytest.approx(systems[name][metric], abs=1e-4), (metric, name)
+    rules = fig["targets"]["ndcg@10"]
+    ratio, ci = rules["student >= 0.97 x teacher"][1:]
+    lo, hi = (float(x) for x in ci.removeprefix("(95% CI ").removesuffix(")").split("-"))
+    assert lo <= ratio <= hi
+    assert any(k.startswith("deployable (") for k in rules)
