@@ -147,9 +147,11 @@ def targets(systems: dict, evaluation: dict, deployable: str | None = None) -> d
     """The quality issue's rules in each protocol (judged pools ``ndcg@10``, and ``rerank_ndcg@10`` where it ran,
     with its condensed form ``rerank_condensed_ndcg@10``: the same rankings with unjudged documents removed, which
     shows whether a miss is ranking or unjudged documents), each with the figures it compares: True where met.
-    ``gate_metric`` names the one the promotion gate reads. Where the evaluation kept per-query figures, each rule
-    also gets a 95% paired-bootstrap interval over the test queries (of the ratio, or of the gain), which says
-    whether that many queries can tell a miss from noise; ``deployable`` adds its rule against the best baseline."""
+    ``gate_metric`` names the one the promotion gate reads; ``deployable`` adds its rule against the best baseline.
+    Where the evaluation kept per-query figures, ``ci95`` gives each rule a 95% paired-bootstrap interval over the
+    test queries ([low, high] of the ratio, or of the gain), which says whether that many queries can tell a miss
+    from noise; for a pair not scored on the same queries (judge replies that failed to parse), over the ones both
+    were, with how many under ``ci95_queries``."""
     from flywheel.metrics import paired_bootstrap_ci
 
     out = {"gate_metric": evaluation.get("gate_metric", "ndcg@10")}
@@ -158,27 +160,33 @@ def targets(systems: dict, evaluation: dict, deployable: str | None = None) -> d
         if not {"teacher", "judge", "student"} <= set(v):
             continue
         pq = (evaluation.get("per_query") or {}).get(m) or {}
-
-        def ci(a: str, b: str, op: str) -> list:
-            if a not in pq or b not in pq:
-                return []
-            lo, hi = paired_bootstrap_ci(pq[a], pq[b], op)
-            return [f"(95% CI {lo:+.3f} to {hi:+.3f})" if op == "diff" else f"(95% CI {lo:.3f}-{hi:.3f})"]
-
         base = max((b for b in evaluation.get("baselines", []) if b in v), key=v.get)
         t, j, b = v["teacher"], v["judge"], v[base]
         rules = {"best_baseline": f"{base} {b:.4f}",
-                 "teacher >= best baseline": [t >= b, round(t, 4), round(b, 4), *ci("teacher", base, "diff")],
-                 "teacher >= 0.95 x judge": [t >= 0.95 * j, round(t / j, 4), *ci("teacher", "judge", "ratio")]}
+                 "teacher >= best baseline": [t >= b, round(t, 4), round(b, 4)],
+                 "teacher >= 0.95 x judge": [t >= 0.95 * j, round(t / j, 4)]}
+        pairs = {"teacher >= best baseline": ("teacher", base, "diff"),
+                 "teacher >= 0.95 x judge": ("teacher", "judge", "ratio")}
         if j - b > 0.04:
-            rules["judge leads by > 0.04: teacher >= best baseline + 0.02"] = [t >= b + 0.02, round(t - b, 4),
-                                                                                *ci("teacher", base, "diff")]
-        rules["student >= 0.97 x teacher"] = [v["student"] >= 0.97 * t, round(v["student"] / t, 4),
-                                              *ci("student", "teacher", "ratio")]
+            rules["judge leads by > 0.04: teacher >= best baseline + 0.02"] = [t >= b + 0.02, round(t - b, 4)]
+            pairs["judge leads by > 0.04: teacher >= best baseline + 0.02"] = ("teacher", base, "diff")
+        rules["student >= 0.97 x teacher"] = [v["student"] >= 0.97 * t, round(v["student"] / t, 4)]
+        pairs["student >= 0.97 x teacher"] = ("student", "teacher", "ratio")
         if deployable in v:
-            d = v[deployable]
-            rules[f"deployable ({deployable}) >= best baseline"] = [d >= b, round(d - b, 4),
-                                                                    *ci(deployable, base, "diff")]
+            rules[f"deployable ({deployable}) >= best baseline"] = [v[deployable] >= b, round(v[deployable] - b, 4)]
+            pairs[f"deployable ({deployable}) >= best baseline"] = (deployable, base, "diff")
+        cis, counts, done = {}, {}, {}
+        for rule, (x, y, op) in pairs.items():
+            if x in pq and y in pq:
+                if (x, y, op) not in done:
+                    done[(x, y, op)] = [round(c, 4) for c in paired_bootstrap_ci(pq[x], pq[y], op)]
+                cis[rule] = done[(x, y, op)]
+                if set(pq[x]) != set(pq[y]):
+                    counts[rule] = len(set(pq[x]) & set(pq[y]))
+        if cis:
+            rules["ci95"] = cis
+        if counts:
+            rules["ci95_queries"] = counts
         out[m] = rules
     return out
 
@@ -231,9 +239,12 @@ def print_figures(out: dict) -> None:
         tt.add_column("rule")
         tt.add_column("met")
         tt.add_column("figures")
+        tt.add_column("95% CI over test queries")
         for k, v in rules.items():
             if isinstance(v, list):
-                tt.add_row(k, "yes" if v[0] else "NO", " ".join(str(x) for x in v[1:]))
+                ci, n = rules.get("ci95", {}).get(k), rules.get("ci95_queries", {}).get(k)
+                tt.add_row(k, "yes" if v[0] else "NO", " ".join(str(x) for x in v[1:]),
+                           (f"{ci[0]:.4f} to {ci[1]:.4f}" + (f" (on {n} queries both scored)" if n else "")) if ci else "")
         con.print(tt)
     for k, p in out["pseudo_queries"].items():
         con.print(f"{k}: {p['made']} of {p['requested']} pseudo-queries {p['by_method']}"

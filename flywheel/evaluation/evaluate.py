@@ -41,7 +41,8 @@ def write_results(run_id: str, systems: dict, paths: Paths) -> None:
 def evaluate_rungs(rungs: dict, test: pd.DataFrame, paths: Paths, per_query: dict | None = None) -> dict:
     """NDCG@10, size, optimised items/s and the mean document / input tokens each rung reads, on ``test``.
     Soft-token rungs read the documents' cached embeddings (looked up before the clock starts, as a service
-    would hold them per document version). ``per_query``, when given, gets each rung's {query: NDCG@10}."""
+    would hold them per document version). ``per_query``, when given, is filled with each rung's
+    {query: NDCG@10} (under the rung's name), the figures its mean ``ndcg@10`` is."""
     from models.ranker import input_lengths, load_ranker, score_pairs
 
     systems = {}
@@ -215,19 +216,20 @@ def evaluate_all(rungs: dict, judge_version: str, run_id: str, cfg: FlywheelConf
     systems: dict[str, dict] = {}
     ret = retriever(paths)
     bm = ret.pair_features(test)
-    judged: dict[str, dict] = {"bm25": ndcg_at_10_by_query(test, bm.bm25), "bi-encoder": ndcg_at_10_by_query(test, bm.cosine)}
-    systems["bm25"] = {"ndcg@10": mean_of(judged["bm25"]), "n_params": None}
+    pools_by_query: dict[str, dict] = {"bm25": ndcg_at_10_by_query(test, bm.bm25),
+                                       "bi-encoder": ndcg_at_10_by_query(test, bm.cosine)}
+    systems["bm25"] = {"ndcg@10": mean_of(pools_by_query["bm25"]), "n_params": None}
     from flywheel.retrieval.hybrid import load_encoder
     enc = load_encoder()[0].auto_model
     enc_params = sum(p.numel() for p in enc.parameters()) - sum(p.numel() for p in enc.embeddings.parameters())
-    systems["bi-encoder"] = {"ndcg@10": mean_of(judged["bi-encoder"]), "n_params": int(enc_params)}
+    systems["bi-encoder"] = {"ndcg@10": mean_of(pools_by_query["bi-encoder"]), "n_params": int(enc_params)}
     policy = load_policy(cfg.resolve(cfg.policy))
     judge = store.load_judge(judge_version, policy, cfg, paths)
     j = judge.judge(test)
     ok = (j.parse_status == "ok").to_numpy()
-    judged["judge"] = ndcg_at_10_by_query(test[ok], judge_ranking(j)[ok])
-    systems["judge"] = {"ndcg@10": mean_of(judged["judge"]), "n_params": None}
-    systems |= evaluate_rungs(rungs, test, paths, per_query=judged)
+    pools_by_query["judge"] = ndcg_at_10_by_query(test[ok], judge_ranking(j)[ok])
+    systems["judge"] = {"ndcg@10": mean_of(pools_by_query["judge"]), "n_params": None}
+    systems |= evaluate_rungs(rungs, test, paths, per_query=pools_by_query)
     ec = cfg.evaluation
     rerank = rerank_protocol(rungs, judge, test, ec.rerank_depth, paths) if ec.rerank_depth else None
     judged_per_query = len(test) / max(1, test.query_id.nunique())
@@ -242,12 +244,12 @@ def evaluate_all(rungs: dict, judge_version: str, run_id: str, cfg: FlywheelConf
     metric = "rerank_ndcg@10" if protocol == "rerank" else "ndcg@10"
     baselines = [b for b in BASELINES if b in systems]
     best = max(baselines, key=lambda b: systems[b][metric])
-    per_query = {"ndcg@10": judged} | (rerank.pop("per_query") if rerank else {})
+    per_query = {"ndcg@10": pools_by_query} | (rerank.pop("per_query") if rerank else {})
     by_query = per_query.get(metric, {})
     for name in rungs:
         if name not in BASELINES and metric in systems[name]:
             systems[name]["gain_over_best_baseline"] = round(systems[name][metric] - systems[best][metric], 4)
-            if name in by_query and best in by_query and len(set(by_query[name]) & set(by_query[best])) > 1:
+            if name in by_query and best in by_query:     # both scored on every test query in this protocol
                 lo, hi = paired_bootstrap_ci(by_query[name], by_query[best], "diff")
                 systems[name]["gain_over_best_baseline_ci95"] = [round(lo, 4), round(hi, 4)]
     write_results(run_id, systems, paths)

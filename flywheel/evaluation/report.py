@@ -18,10 +18,12 @@ def _fmt(v) -> str:
     return "" if v is None else str(v)
 
 
-def _gain(v: dict) -> str | float | None:
+def _gain(v: dict) -> str | None:
     """A rung's gain over the best baseline, with its bootstrap interval where the evaluation measured one."""
     g, ci = v.get("gain_over_best_baseline"), v.get("gain_over_best_baseline_ci95")
-    return f"{g:+.4f} ({ci[0]:+.3f} to {ci[1]:+.3f})" if g is not None and ci else g
+    if g is None:
+        return None
+    return f"{g:+.4f}" + (f" ({ci[0]:+.3f} to {ci[1]:+.3f})" if ci else "")
 
 
 def tables(summary: dict) -> list[tuple[str, list[str], list[list]]]:
