@@ -132,7 +132,8 @@ def figures(summary: dict, counts: dict, name: str, family: str) -> dict:
             "baselines": evaluation.get("baselines"), "gate_metric": evaluation.get("gate_metric"),
             "rerank": {k: v for k, v in (evaluation.get("rerank") or {}).items()
                        if k not in ("systems", "judged@10", "condensed")},
-            "targets": targets(systems, evaluation),
+            "targets": targets(systems, evaluation, (summary.get("pruning") or {}).get("deployable")),
+            "per_query": evaluation.get("per_query"),
             "validation": {k: r["validation"] for k, r in rungs.items() if isinstance(r, dict) and r.get("validation")},
             "pseudo_queries": {k: r["pseudo_queries"] for k, r in rungs.items()
                                if isinstance(r, dict) and r.get("pseudo_queries")}
@@ -142,24 +143,50 @@ def figures(summary: dict, counts: dict, name: str, family: str) -> dict:
             "stages": [{"stage": st["stage"], "seconds": round(st["seconds"], 1)} for st in summary.get("stages") or []]}
 
 
-def targets(systems: dict, evaluation: dict) -> dict:
+def targets(systems: dict, evaluation: dict, deployable: str | None = None) -> dict:
     """The quality issue's rules in each protocol (judged pools ``ndcg@10``, and ``rerank_ndcg@10`` where it ran,
     with its condensed form ``rerank_condensed_ndcg@10``: the same rankings with unjudged documents removed, which
     shows whether a miss is ranking or unjudged documents), each with the figures it compares: True where met.
-    ``gate_metric`` names the one the promotion gate reads."""
+    ``gate_metric`` names the one the promotion gate reads; ``deployable`` adds its rule against the best baseline.
+    Where the evaluation kept per-query figures, ``ci95`` gives each rule a 95% paired-bootstrap interval over the
+    test queries ([low, high] of the ratio, or of the gain), which says whether that many queries can tell a miss
+    from noise; for a pair not scored on the same queries (judge replies that failed to parse), over the ones both
+    were, with how many under ``ci95_queries``."""
+    from flywheel.metrics import paired_bootstrap_ci
+
     out = {"gate_metric": evaluation.get("gate_metric", "ndcg@10")}
     for m in ("ndcg@10", "rerank_ndcg@10", "rerank_condensed_ndcg@10"):
         v = {k: s.get(m) for k, s in systems.items() if s.get(m) is not None}
         if not {"teacher", "judge", "student"} <= set(v):
             continue
+        pq = (evaluation.get("per_query") or {}).get(m) or {}
         base = max((b for b in evaluation.get("baselines", []) if b in v), key=v.get)
         t, j, b = v["teacher"], v["judge"], v[base]
         rules = {"best_baseline": f"{base} {b:.4f}",
                  "teacher >= best baseline": [t >= b, round(t, 4), round(b, 4)],
                  "teacher >= 0.95 x judge": [t >= 0.95 * j, round(t / j, 4)]}
+        pairs = {"teacher >= best baseline": ("teacher", base, "diff"),
+                 "teacher >= 0.95 x judge": ("teacher", "judge", "ratio")}
         if j - b > 0.04:
             rules["judge leads by > 0.04: teacher >= best baseline + 0.02"] = [t >= b + 0.02, round(t - b, 4)]
+            pairs["judge leads by > 0.04: teacher >= best baseline + 0.02"] = ("teacher", base, "diff")
         rules["student >= 0.97 x teacher"] = [v["student"] >= 0.97 * t, round(v["student"] / t, 4)]
+        pairs["student >= 0.97 x teacher"] = ("student", "teacher", "ratio")
+        if deployable in v:
+            rules[f"deployable ({deployable}) >= best baseline"] = [v[deployable] >= b, round(v[deployable] - b, 4)]
+            pairs[f"deployable ({deployable}) >= best baseline"] = (deployable, base, "diff")
+        cis, counts, done = {}, {}, {}
+        for rule, (x, y, op) in pairs.items():
+            if x in pq and y in pq:
+                if (x, y, op) not in done:
+                    done[(x, y, op)] = [round(c, 4) for c in paired_bootstrap_ci(pq[x], pq[y], op)]
+                cis[rule] = done[(x, y, op)]
+                if set(pq[x]) != set(pq[y]):
+                    counts[rule] = len(set(pq[x]) & set(pq[y]))
+        if cis:
+            rules["ci95"] = cis
+        if counts:
+            rules["ci95_queries"] = counts
         out[m] = rules
     return out
 
@@ -172,15 +199,16 @@ def print_figures(out: dict) -> None:
     tab = Table(title=f"{out['dataset']} ({out['family']} ladder): NDCG@10 on {out['counts']['test_queries']} "
                       f"held-out queries, {out['test_pairs']} judged pairs")
     for col in ("system", "NDCG@10 judged pools", "NDCG@10 rerank top-k", "judged@10 (rerank)",
-                "condensed (rerank, judged only)", "vs best baseline", "non-embedding params", "items/s",
+                "condensed (rerank, judged only)", "vs best baseline (95% CI)", "non-embedding params", "items/s",
                 "document tokens"):
         tab.add_column(col)
     for k, v in out["systems"].items():
-        rr, gain = v.get("rerank_ndcg@10"), v.get("gain_over_best_baseline")
+        rr, gain, gci = v.get("rerank_ndcg@10"), v.get("gain_over_best_baseline"), v.get("gain_over_best_baseline_ci95")
         cj, cn = v.get("rerank_judged@10"), v.get("rerank_condensed_ndcg@10")
         tab.add_row(k + (" (baseline)" if k in (out.get("baselines") or []) else ""), f"{v['ndcg@10']:.4f}",
                     f"{rr:.4f}" if rr is not None else "", f"{cj:.2f}" if cj is not None else "",
-                    f"{cn:.4f}" if cn is not None else "", f"{gain:+.4f}" if gain is not None else "",
+                    f"{cn:.4f}" if cn is not None else "",
+                    (f"{gain:+.4f}" + (f" ({gci[0]:+.3f} to {gci[1]:+.3f})" if gci else "")) if gain is not None else "",
                     f"{v['n_params']:,}" if v.get("n_params") else "",
                     f"{v['items_per_s']:.0f}" if v.get("items_per_s") else "",
                     f"{v['doc_tokens']:.1f}" if v.get("doc_tokens") is not None else "")
@@ -211,9 +239,12 @@ def print_figures(out: dict) -> None:
         tt.add_column("rule")
         tt.add_column("met")
         tt.add_column("figures")
+        tt.add_column("95% CI over test queries")
         for k, v in rules.items():
             if isinstance(v, list):
-                tt.add_row(k, "yes" if v[0] else "NO", " ".join(str(x) for x in v[1:]))
+                ci, n = rules.get("ci95", {}).get(k), rules.get("ci95_queries", {}).get(k)
+                tt.add_row(k, "yes" if v[0] else "NO", " ".join(str(x) for x in v[1:]),
+                           (f"{ci[0]:.4f} to {ci[1]:.4f}" + (f" (on {n} queries both scored)" if n else "")) if ci else "")
         con.print(tt)
     for k, p in out["pseudo_queries"].items():
         con.print(f"{k}: {p['made']} of {p['requested']} pseudo-queries {p['by_method']}"

@@ -13,7 +13,7 @@ from flywheel.data.golden import load_golden
 from flywheel.data.lake import open_lake
 from flywheel.judge import store
 from flywheel.judge.policy import load_policy
-from flywheel.metrics import ndcg_at_10
+from flywheel.metrics import mean_of, ndcg_at_10_by_query, paired_bootstrap_ci
 from flywheel.retrieval.hybrid import retriever
 from flywheel.settings import Paths
 
@@ -38,10 +38,11 @@ def write_results(run_id: str, systems: dict, paths: Paths) -> None:
     open_lake(paths).write("eval_results", df)
 
 
-def evaluate_rungs(rungs: dict, test: pd.DataFrame, paths: Paths) -> dict:
+def evaluate_rungs(rungs: dict, test: pd.DataFrame, paths: Paths, per_query: dict | None = None) -> dict:
     """NDCG@10, size, optimised items/s and the mean document / input tokens each rung reads, on ``test``.
     Soft-token rungs read the documents' cached embeddings (looked up before the clock starts, as a service
-    would hold them per document version)."""
+    would hold them per document version). ``per_query``, when given, is filled with each rung's
+    {query: NDCG@10} (under the rung's name), the figures its mean ``ndcg@10`` is."""
     from models.ranker import input_lengths, load_ranker, score_pairs
 
     systems = {}
@@ -56,7 +57,10 @@ def evaluate_rungs(rungs: dict, test: pd.DataFrame, paths: Paths) -> dict:
         doc, total = input_lengths(tok, contract, *args)     # also fills the compressed-document cache
         scores = score_pairs(model, tok, contract, *args, **kw)
         ips = _speed(lambda: score_pairs(model, tok, contract, *args, **kw), len(test))
-        systems[name] = {"ndcg@10": ndcg_at_10(test, scores), "n_params": info["params_non_embedding"],
+        by_query = ndcg_at_10_by_query(test, scores)
+        if per_query is not None:
+            per_query[name] = by_query
+        systems[name] = {"ndcg@10": mean_of(by_query), "n_params": info["params_non_embedding"],
                          "n_params_total": info["params_total"], "items_per_s": round(ips, 1),
                          "layers": info["layers"], "model_version": info["model_version"],
                          "doc_tokens": round(float(sum(doc) / len(doc)), 2),
@@ -125,15 +129,24 @@ def rerank_pool(test: pd.DataFrame, depth: int, paths: Paths) -> pd.DataFrame:
 def rerank_ndcg(test: pd.DataFrame, pool: pd.DataFrame, scores) -> float:
     """NDCG@10 of ``scores`` over ``pool`` against every judgment of ``test`` (relevant documents the first stage
     missed still count in the ideal ranking, as in TREC); queries with no relevant judgment are left out."""
+    return mean_of(rerank_ndcg_by_query(test, pool, scores))
+
+
+def rerank_ndcg_by_query(test: pd.DataFrame, pool: pd.DataFrame, scores) -> dict:
+    """{query: NDCG@10} of :func:`rerank_ndcg`."""
     from ranx import Qrels, Run, evaluate
 
     from flywheel.metrics import qrels_from, run_from
 
     qrels = {q: d for q, d in qrels_from(test).items() if max(d.values()) > 0}
+    if not qrels:
+        return {}
     run = {q: d for q, d in run_from(pool, scores).items() if q in qrels}
     for q in qrels:                       # a query whose pool came back empty ranks nothing: NDCG 0
         run.setdefault(q, {"__none__": 0.0})
-    return float(evaluate(Qrels(qrels), Run(run), "ndcg@10"))
+    run = Run(run)
+    evaluate(Qrels(qrels), run, "ndcg@10")
+    return {q: float(v) for q, v in run.scores["ndcg@10"].items()}
 
 
 def incompleteness(test: pd.DataFrame, pool: pd.DataFrame, scores, k: int = 10) -> dict:
@@ -152,8 +165,8 @@ def incompleteness(test: pd.DataFrame, pool: pd.DataFrame, scores, k: int = 10) 
     ranked = ranked[ranked.query_id.isin(relevant)].sort_values(["query_id", "_s"], ascending=[True, False])
     top = ranked.groupby("query_id").head(k)
     share = float(top.groupby("query_id")._j.mean().reindex(sorted(relevant), fill_value=0.0).mean()) if relevant else 0.0
-    return {"judged@10": round(share, 4),
-            "condensed_ndcg@10": rerank_ndcg(test, pool[judged], scores[judged])}
+    by_query = rerank_ndcg_by_query(test, pool[judged], scores[judged])
+    return {"judged@10": round(share, 4), "condensed_ndcg@10": mean_of(by_query), "condensed_by_query": by_query}
 
 
 def judge_ranking(j: pd.DataFrame) -> np.ndarray:
@@ -165,7 +178,8 @@ def judge_ranking(j: pd.DataFrame) -> np.ndarray:
 
 def rerank_protocol(rungs: dict, judge, test: pd.DataFrame, depth: int, paths: Paths) -> dict:
     """NDCG@10 of BM25, the bi-encoder, the judge and every rung in the rerank protocol (:func:`rerank_pool`),
-    with each one's judged@10 and condensed NDCG@10 (:func:`incompleteness`) under ``judged@10`` / ``condensed``."""
+    with each one's judged@10 and condensed NDCG@10 (:func:`incompleteness`) under ``judged@10`` / ``condensed``,
+    and every figure by query under ``per_query`` ({metric: {system: {query: NDCG@10}}})."""
     from models.ranker import load_ranker, score_pairs
 
     pool = rerank_pool(test, depth, paths)
@@ -178,12 +192,14 @@ def rerank_protocol(rungs: dict, judge, test: pd.DataFrame, depth: int, paths: P
         scores[name] = score_pairs(model, tok, contract, pool["query"].tolist(), pool.title.tolist(),
                                    pool.text.tolist())
     holes = {k: incompleteness(test, pool, s) for k, s in scores.items()}
-    per_q = pool.groupby("query_id")
-    return {"depth": depth, "pairs": int(len(pool)), "queries": int(per_q.ngroups),
+    by_query = {k: rerank_ndcg_by_query(test, pool, s) for k, s in scores.items()}
+    return {"depth": depth, "pairs": int(len(pool)), "queries": int(pool.query_id.nunique()),
             "judged_share": round(float(pool.judged.mean()), 4),
-            "systems": {k: round(rerank_ndcg(test, pool, s), 4) for k, s in scores.items()},
+            "systems": {k: round(mean_of(q), 4) for k, q in by_query.items()},
             "judged@10": {k: h["judged@10"] for k, h in holes.items()},
-            "condensed": {k: round(h["condensed_ndcg@10"], 4) for k, h in holes.items()}}
+            "condensed": {k: round(h["condensed_ndcg@10"], 4) for k, h in holes.items()},
+            "per_query": {"rerank_ndcg@10": by_query,
+                          "rerank_condensed_ndcg@10": {k: h["condensed_by_query"] for k, h in holes.items()}}}
 
 
 BASELINES = ("zero_shot_start", "bi-encoder", "bm25")   # what every rung must beat: its start and first-stage retrieval
@@ -193,22 +209,27 @@ def evaluate_all(rungs: dict, judge_version: str, run_id: str, cfg: FlywheelConf
     """BM25, the bi-encoder, the judge and every rung of ``rungs`` (the ladder's untrained start under
     ``zero_shot_start``) on the golden test split: judged pools (``ndcg@10``) and, with
     ``evaluation.rerank_depth``, the rerank protocol (``rerank_ndcg@10``); each trained rung with its gain over the
-    best baseline in the protocol the gate reads (``gate_metric``)."""
+    best baseline in the protocol the gate reads (``gate_metric``), with its 95% paired-bootstrap interval over the
+    test queries (``gain_over_best_baseline_ci95``). ``per_query`` holds every figure by query
+    ({metric: {system: {query: NDCG@10}}}), for confidence intervals over the test queries."""
     test = load_golden(cfg.resolve(cfg.golden)).pairs("test")
     systems: dict[str, dict] = {}
     ret = retriever(paths)
     bm = ret.pair_features(test)
-    systems["bm25"] = {"ndcg@10": ndcg_at_10(test, bm.bm25), "n_params": None}
+    pools_by_query: dict[str, dict] = {"bm25": ndcg_at_10_by_query(test, bm.bm25),
+                                       "bi-encoder": ndcg_at_10_by_query(test, bm.cosine)}
+    systems["bm25"] = {"ndcg@10": mean_of(pools_by_query["bm25"]), "n_params": None}
     from flywheel.retrieval.hybrid import load_encoder
     enc = load_encoder()[0].auto_model
     enc_params = sum(p.numel() for p in enc.parameters()) - sum(p.numel() for p in enc.embeddings.parameters())
-    systems["bi-encoder"] = {"ndcg@10": ndcg_at_10(test, bm.cosine), "n_params": int(enc_params)}
+    systems["bi-encoder"] = {"ndcg@10": mean_of(pools_by_query["bi-encoder"]), "n_params": int(enc_params)}
     policy = load_policy(cfg.resolve(cfg.policy))
     judge = store.load_judge(judge_version, policy, cfg, paths)
     j = judge.judge(test)
     ok = (j.parse_status == "ok").to_numpy()
-    systems["judge"] = {"ndcg@10": ndcg_at_10(test[ok], judge_ranking(j)[ok]), "n_params": None}
-    systems |= evaluate_rungs(rungs, test, paths)
+    pools_by_query["judge"] = ndcg_at_10_by_query(test[ok], judge_ranking(j)[ok])
+    systems["judge"] = {"ndcg@10": mean_of(pools_by_query["judge"]), "n_params": None}
+    systems |= evaluate_rungs(rungs, test, paths, per_query=pools_by_query)
     ec = cfg.evaluation
     rerank = rerank_protocol(rungs, judge, test, ec.rerank_depth, paths) if ec.rerank_depth else None
     judged_per_query = len(test) / max(1, test.query_id.nunique())
@@ -223,10 +244,16 @@ def evaluate_all(rungs: dict, judge_version: str, run_id: str, cfg: FlywheelConf
     metric = "rerank_ndcg@10" if protocol == "rerank" else "ndcg@10"
     baselines = [b for b in BASELINES if b in systems]
     best = max(baselines, key=lambda b: systems[b][metric])
+    per_query = {"ndcg@10": pools_by_query} | (rerank.pop("per_query") if rerank else {})
+    by_query = per_query.get(metric, {})
     for name in rungs:
         if name not in BASELINES and metric in systems[name]:
             systems[name]["gain_over_best_baseline"] = round(systems[name][metric] - systems[best][metric], 4)
+            if name in by_query and best in by_query:     # both scored on every test query in this protocol
+                lo, hi = paired_bootstrap_ci(by_query[name], by_query[best], "diff")
+                systems[name]["gain_over_best_baseline_ci95"] = [round(lo, 4), round(hi, 4)]
     write_results(run_id, systems, paths)
     return {"run_id": run_id, "test_queries": int(test.query_id.nunique()), "test_pairs": int(len(test)),
             "systems": systems, "baselines": baselines, "best_baseline": best, "gate_metric": metric,
-            "gate_protocol": protocol, "judged_per_query": round(judged_per_query, 1), "rerank": rerank}
+            "gate_protocol": protocol, "judged_per_query": round(judged_per_query, 1), "rerank": rerank,
+            "per_query": per_query}

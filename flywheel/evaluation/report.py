@@ -18,6 +18,14 @@ def _fmt(v) -> str:
     return "" if v is None else str(v)
 
 
+def _gain(v: dict) -> str | None:
+    """A rung's gain over the best baseline, with its bootstrap interval where the evaluation measured one."""
+    g, ci = v.get("gain_over_best_baseline"), v.get("gain_over_best_baseline_ci95")
+    if g is None:
+        return None
+    return f"{g:+.4f}" + (f" ({ci[0]:+.3f} to {ci[1]:+.3f})" if ci else "")
+
+
 def tables(summary: dict) -> list[tuple[str, list[str], list[list]]]:
     out = [("Stages", ["stage", "seconds", "key figures"],
             [[s["stage"], f"{s['seconds']:.1f}", s["figures"]] for s in summary["stages"]])]
@@ -70,11 +78,12 @@ def tables(summary: dict) -> list[tuple[str, list[str], list[list]]]:
             f"{rr['judged_share']:.0%} of its pairs judged)" if rr else "") + (
             f"; baselines: {', '.join(base)}; the gate reads {evaluation.get('gate_metric')}" if base else "")
         out.append((title, ["system", "NDCG@10 (judged pools)", "NDCG@10 (rerank top-k)",
-                            "judged@10 (rerank)", "condensed NDCG@10 (rerank, unjudged removed)", "vs best baseline",
+                            "judged@10 (rerank)", "condensed NDCG@10 (rerank, unjudged removed)",
+                            "vs best baseline (95% CI over test queries)",
                             "non-embedding params", "items/s (CPU)"],
                     [[k + (" (baseline)" if k in base else ""), v["ndcg@10"], v.get("rerank_ndcg@10"),
                       v.get("rerank_judged@10"), v.get("rerank_condensed_ndcg@10"),
-                      v.get("gain_over_best_baseline"), v.get("n_params"), v.get("items_per_s")]
+                      _gain(v), v.get("n_params"), v.get("items_per_s")]
                      for k, v in ev.items()]))
     rungs = summary.get("rungs") or {}
     val = [[k, v.get("by", "judge"), v.get("queries"), v.get("validation_start"), v.get("validation_best"),

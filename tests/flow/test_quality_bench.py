@@ -63,3 +63,13 @@ def test_quality_bench_runs_the_whole_flywheel_on_unseen_beir_data(tmp_path):
     assert systems["student_pruned"]["n_params"] < systems["student"]["n_params"]
     assert fig["ratios"]["student / teacher NDCG@10"] > 0.85
     assert "NDCG@10" in proc.stdout and "Ratios" in proc.stdout
+    # the per-query figures behind the intervals average to each system's figure, in each protocol
+    for metric, by_system in fig["per_query"].items():
+        for name, by_query in by_system.items():
+            assert sum(by_query.values()) / len(by_query) == pytest.approx(systems[name][metric], abs=1e-4), (metric, name)
+    rules = fig["targets"]["ndcg@10"]
+    lo, hi = rules["ci95"]["student >= 0.97 x teacher"]
+    assert lo - 1e-4 <= rules["student >= 0.97 x teacher"][1] <= hi + 1e-4
+    deployable = fig["pruning"]["deployable"]
+    assert rules["ci95"][f"deployable ({deployable}) >= best baseline"] == \
+        systems[deployable]["gain_over_best_baseline_ci95"]        # the bench and the evaluation agree
