@@ -28,17 +28,22 @@ def run_from(pairs: pd.DataFrame, scores) -> dict:
 def ndcg_at_10_by_query(pairs: pd.DataFrame, scores, grade_col: str = "aggregated_grade") -> dict:
     """{query: NDCG@10} (ranx, gain = grade) over the queries with a relevant judgment, the ones
     :func:`ndcg_at_10` averages."""
-    from ranx import Qrels, Run, evaluate
-
     qrels = qrels_from(pairs, grade_col)
     # Queries whose judged documents are all irrelevant have no ideal ranking; ranx scores them 0. Keep them out.
     keep = {q for q, d in qrels.items() if max(d.values()) > 0}
     if not keep:      # nothing relevant anywhere (e.g. a validation fold whose parent scores are all equal)
         return {}
     sub = pairs[pairs.query_id.isin(keep)]
-    run = Run(run_from(sub, np.asarray(scores)[pairs.query_id.isin(keep).to_numpy()]))
-    evaluate(Qrels(qrels_from(sub, grade_col)), run, "ndcg@10")
-    return {q: float(v) for q, v in run.scores["ndcg@10"].items()}
+    return ranx_by_query(qrels_from(sub, grade_col), run_from(sub, np.asarray(scores)[pairs.query_id.isin(keep).to_numpy()]))
+
+
+def ranx_by_query(qrels: dict, run: dict, metric: str = "ndcg@10") -> dict:
+    """{query: ``metric``} of ``run`` against ``qrels`` (both {query: {doc: value}}), as ranx keys them."""
+    from ranx import Qrels, Run, evaluate
+
+    scored = Run(run)
+    evaluate(Qrels(qrels), scored, metric)
+    return {q: float(v) for q, v in scored.scores[metric].items()}
 
 
 def ndcg_at_10(pairs: pd.DataFrame, scores, grade_col: str = "aggregated_grade") -> float:

@@ -134,9 +134,7 @@ def rerank_ndcg(test: pd.DataFrame, pool: pd.DataFrame, scores) -> float:
 
 def rerank_ndcg_by_query(test: pd.DataFrame, pool: pd.DataFrame, scores) -> dict:
     """{query: NDCG@10} of :func:`rerank_ndcg`."""
-    from ranx import Qrels, Run, evaluate
-
-    from flywheel.metrics import qrels_from, run_from
+    from flywheel.metrics import qrels_from, ranx_by_query, run_from
 
     qrels = {q: d for q, d in qrels_from(test).items() if max(d.values()) > 0}
     if not qrels:
@@ -144,9 +142,7 @@ def rerank_ndcg_by_query(test: pd.DataFrame, pool: pd.DataFrame, scores) -> dict
     run = {q: d for q, d in run_from(pool, scores).items() if q in qrels}
     for q in qrels:                       # a query whose pool came back empty ranks nothing: NDCG 0
         run.setdefault(q, {"__none__": 0.0})
-    run = Run(run)
-    evaluate(Qrels(qrels), run, "ndcg@10")
-    return {q: float(v) for q, v in run.scores["ndcg@10"].items()}
+    return ranx_by_query(qrels, run)
 
 
 def incompleteness(test: pd.DataFrame, pool: pd.DataFrame, scores, k: int = 10) -> dict:
